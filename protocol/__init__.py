@@ -1,0 +1,90 @@
+"""KXP/1 as a sans-I/O library: no sockets, no event loop, no clock, no environment.
+
+Feed bytes in, take events and bytes out. See ``docs/protocol.md``.
+"""
+
+from .alerts import AlertCode, LocalProtocolError, ProtocolError, RemoteProtocolError, alert_name
+from .client_connection import ClientConnection, sha256_hex
+from .config import (
+    ClientConfig,
+    ServerConfig,
+    ServerIdentity,
+    TrustDecision,
+    TrustVerdict,
+    check_psk_identity,
+    trust_nobody,
+)
+from .connection import Connection, State
+from .constants import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_PORT,
+    GROUP_NAMES,
+    KEX_NAMES,
+    SCHEME_NAMES,
+    SUITE_NAMES,
+    CipherSuite,
+    ContentType,
+    FrameType,
+    Group,
+    Kex,
+    SignatureScheme,
+)
+from .events import (
+    AlertReceived,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    FrameTraced,
+    HandshakeComplete,
+    KeyUpdateReceived,
+    PskNeeded,
+)
+from .frames import Frame, FrameDecoder, encode_frame
+from .keyschedule import keylog_lines, parse_keylog, sas_display
+from .server_connection import ServerConnection
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_PORT",
+    "GROUP_NAMES",
+    "KEX_NAMES",
+    "SCHEME_NAMES",
+    "SUITE_NAMES",
+    "AlertCode",
+    "AlertReceived",
+    "CipherSuite",
+    "ClientConfig",
+    "ClientConnection",
+    "Connection",
+    "ConnectionClosed",
+    "ContentType",
+    "DataReceived",
+    "Event",
+    "Frame",
+    "FrameDecoder",
+    "FrameTraced",
+    "FrameType",
+    "Group",
+    "HandshakeComplete",
+    "Kex",
+    "KeyUpdateReceived",
+    "LocalProtocolError",
+    "ProtocolError",
+    "PskNeeded",
+    "RemoteProtocolError",
+    "ServerConfig",
+    "ServerConnection",
+    "ServerIdentity",
+    "SignatureScheme",
+    "State",
+    "TrustDecision",
+    "TrustVerdict",
+    "alert_name",
+    "check_psk_identity",
+    "encode_frame",
+    "keylog_lines",
+    "parse_keylog",
+    "sas_display",
+    "sha256_hex",
+    "trust_nobody",
+]
