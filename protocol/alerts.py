@@ -52,7 +52,3 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids; the alert is what we answer with."""
-
-
-class PeerAlertError(ProtocolError):
-    """The peer ended the connection with a fatal alert (``alert`` is the peer's code)."""

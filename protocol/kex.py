@@ -170,7 +170,7 @@ class _FFDHPrivate(DHPrivate):
             with _ffdh_quietly():
                 peer = dh.DHPublicNumbers(y, self._group.parameter_numbers()).public_key()
                 secret = self._key.exchange(peer)
-        except ValueError:
+        except ValueError:  # pragma: no cover - the range check above refuses it first
             raise RemoteProtocolError(AlertCode.ILLEGAL_PARAMETER, "ffdhe share rejected") from None
         return secret.rjust(self._group.share_len, b"\x00")
 
@@ -211,7 +211,7 @@ class FFDHEGroup(DHGroup):
                 key = serialization.load_der_private_key(pkcs8, None)
                 assert isinstance(key, dh.DHPrivateKey)
                 return _FFDHPrivate(key, self)
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except (ValueError, UnsupportedAlgorithm) as exc:  # pragma: no cover - a build without FFDH
             raise LocalProtocolError(
                 AlertCode.INTERNAL_ERROR, f"{self.group.name.lower()} is unavailable: {exc}"
             ) from None
@@ -268,7 +268,14 @@ _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(
 
 def rsa_wrap(public_key: rsa.RSAPublicKey, premaster: bytes) -> bytes:
     """RSA-OAEP(SHA-256, MGF1-SHA-256, empty label) of the premaster (§3 KEY_TRANSPORT)."""
-    return public_key.encrypt(premaster, _OAEP)
+    try:
+        return public_key.encrypt(premaster, _OAEP)
+    except ValueError:
+        # Some keys parse yet OpenSSL will not encrypt to them (even modulus, over 16384
+        # bits): a server_key that cannot be used is bad_certificate (§3), not a crash.
+        raise RemoteProtocolError(
+            AlertCode.BAD_CERTIFICATE, "RSA server_key cannot be used for encryption"
+        ) from None
 
 
 def rsa_unwrap(private_key: rsa.RSAPrivateKey, encrypted: bytes, rng: RandomSource) -> bytes:

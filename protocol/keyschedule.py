@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
@@ -65,8 +65,9 @@ class TrafficKeys:
 
 @dataclass(frozen=True)
 class HandshakeSecrets:
-    """Everything §5 derives from the master secret and TH_keys."""
+    """The shared secret and everything §5 derives from it and TH_keys."""
 
+    shared_secret: bytes = field(repr=False)
     master: bytes
     c_ap_0: bytes
     s_ap_0: bytes
@@ -90,6 +91,7 @@ class KeySchedule:
         n = self.suite.hash_len
         master = hkdf_extract(self.algorithm, b"\x00" * n, shared_secret)
         return HandshakeSecrets(
+            shared_secret=shared_secret,
             master=master,
             c_ap_0=self.expand_label(master, b"c ap traffic", th_keys, n),
             s_ap_0=self.expand_label(master, b"s ap traffic", th_keys, n),

@@ -1,0 +1,47 @@
+"""Keys on disk and client trust policies (the I/O side of server identity)."""
+
+from .keys import (
+    KeyFileError,
+    ServerKeys,
+    data_dir,
+    ensure_private_dir,
+    ensure_server_keys,
+    fingerprint,
+    generate_private_key,
+    load_private_key,
+    load_public_key,
+    long_fingerprint,
+    short_fingerprint,
+    write_private_key,
+)
+from .trust import (
+    KnownHosts,
+    NonePolicy,
+    PinPolicy,
+    TofuPolicy,
+    TrustPolicy,
+    known_hosts_path,
+    parse_trust,
+)
+
+__all__ = [
+    "KeyFileError",
+    "KnownHosts",
+    "NonePolicy",
+    "PinPolicy",
+    "ServerKeys",
+    "TofuPolicy",
+    "TrustPolicy",
+    "data_dir",
+    "ensure_private_dir",
+    "ensure_server_keys",
+    "fingerprint",
+    "generate_private_key",
+    "known_hosts_path",
+    "load_private_key",
+    "load_public_key",
+    "long_fingerprint",
+    "parse_trust",
+    "short_fingerprint",
+    "write_private_key",
+]
