@@ -1,0 +1,370 @@
+"""Frames and messages (PROTOCOL.md §1, §3, §6): golden bytes, one-byte-at-a-time decoding,
+bounded memory, and whole handshakes delivered byte by byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import handshake_vector_names, load_vector
+from helpers import drain, make_pair
+
+from protocol import (
+    CipherSuite,
+    ClientConnection,
+    FrameDecoder,
+    FrameType,
+    Group,
+    HandshakeComplete,
+    Kex,
+    ProtocolError,
+    ServerConnection,
+    State,
+    encode_frame,
+)
+from protocol.constants import SUITES, ContentType
+from protocol.frames import Frame
+from protocol.keyschedule import KeySchedule
+from protocol.messages import (
+    Alert,
+    ClientHello,
+    Finished,
+    KeyTransport,
+    ServerHello,
+    ServerSignature,
+)
+from protocol.records import RecordReceiver, RecordSender
+
+R1 = bytes(range(32))
+R1_HEX = R1.hex()
+R2 = bytes(range(0x20, 0x40))
+R2_HEX = R2.hex()
+
+Message = ClientHello | ServerHello | KeyTransport | ServerSignature | Finished | Alert
+
+
+def h(*fields: str) -> str:
+    """Hex fields of a frame, one argument per field, joined."""
+    return "".join(fields)
+
+
+# Each golden frame is written field by field from §1 and §3, not produced by the code under test.
+# fmt: off
+GOLDEN: list[Any] = [
+    pytest.param(
+        ClientHello(R1, Kex.PSK, 0x1301, 0x0000, b"", b"alice"),
+        h("4b58", "01", "01", "0000002d",  # KX, v1, CLIENT_HELLO, length 45
+          R1_HEX,  # random[32]
+          "03", "1301", "0000",  # kex psk, AES-128-GCM/SHA-256, no group
+          "0000",  # key_share<0..65535>: empty
+          "05", "616c696365"),  # psk_identity<0..255>: "alice"
+        id="client-hello-psk",
+    ),
+    pytest.param(
+        ClientHello(R1, Kex.DHE, 0x1302, 0x001D, b"\x09\x08\x07\x06", b""),
+        h("4b58", "01", "01", "0000002c",  # length 44
+          R1_HEX,
+          "02", "1302", "001d",  # dhe, AES-256-GCM/SHA-384, x25519
+          "0004", "09080706",  # key_share: decode checks structure; lengths are §3's rules
+          "00"),  # psk_identity: empty
+        id="client-hello-dhe",
+    ),
+    pytest.param(
+        ClientHello(R1, Kex.RSA, 0x1301, 0x0000),
+        h("4b58", "01", "01", "00000028", R1_HEX, "01", "1301", "0000", "0000", "00"),
+        id="client-hello-rsa",
+    ),
+    pytest.param(
+        ServerHello(R2, Kex.DHE, 0x1302, 0x0017, b"\x04\x01\x02", b"\x30\x00"),
+        h("4b58", "01", "02", "0000002e",  # SERVER_HELLO, length 46
+          R2_HEX,
+          "02", "1302", "0017",  # echoed kex, suite, group (secp256r1)
+          "0003", "040102",  # key_share<0..65535>
+          "0002", "3000"),  # server_key<0..65535>
+        id="server-hello-dhe",
+    ),
+    pytest.param(
+        ServerHello(R2, Kex.PSK, 0x1301, 0x0000),
+        h("4b58", "01", "02", "00000029", R2_HEX, "03", "1301", "0000", "0000", "0000"),
+        id="server-hello-psk",
+    ),
+    pytest.param(
+        KeyTransport(b"\xde\xad\xbe\xef"),
+        h("4b58", "01", "03", "00000006", "0004", "deadbeef"),
+        id="key-transport",
+    ),
+    pytest.param(
+        ServerSignature(0x0807, b"\x01\x02\x03"),
+        h("4b58", "01", "04", "00000007", "0807", "0003", "010203"),
+        id="server-signature",
+    ),
+    pytest.param(Finished(b"\x5a" * 32), h("4b58", "01", "05", "00000020", "5a" * 32),
+                 id="finished-sha256"),
+    pytest.param(Finished(b"\xa5" * 48), h("4b58", "01", "05", "00000030", "a5" * 48),
+                 id="finished-sha384"),
+    pytest.param(Alert(50, "bad magic"),
+                 h("4b58", "01", "15", "0000000b", "32", "09", "626164206d61676963"),
+                 id="alert-decode-error"),
+    pytest.param(Alert(0), h("4b58", "01", "15", "00000002", "00", "00"),
+                 id="alert-close-notify"),
+    pytest.param(Alert(40, "\u00e9"), h("4b58", "01", "15", "00000004", "28", "02", "c3a9"),
+                 id="alert-utf8"),
+]
+# fmt: on
+
+
+def _decode(frame_type: FrameType, payload: bytes) -> Message:
+    """The message class of a frame type, decoding ``payload``."""
+    if frame_type is FrameType.FINISHED:
+        return Finished.decode(payload, len(payload))
+    cls = {
+        FrameType.CLIENT_HELLO: ClientHello,
+        FrameType.SERVER_HELLO: ServerHello,
+        FrameType.KEY_TRANSPORT: KeyTransport,
+        FrameType.SERVER_SIGNATURE: ServerSignature,
+        FrameType.ALERT: Alert,
+    }[frame_type]
+    return cls.decode(payload)  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize(("msg", "golden_hex"), GOLDEN)
+def test_golden_bytes(msg: Message, golden_hex: str) -> None:
+    """encode gives the golden frame byte for byte, and decode gives the message back."""
+    golden = bytes.fromhex(golden_hex)
+    assert encode_frame(msg.frame_type, msg.encode()) == golden
+    dec = FrameDecoder()
+    dec.feed(golden)
+    frame = dec.next_frame()
+    assert frame == Frame(msg.frame_type, golden[8:])
+    assert frame.encode() == golden and frame.header == golden[:8]
+    assert _decode(frame.type, frame.payload) == msg
+
+
+def test_alert_reason_is_cut_to_255_bytes_of_utf8() -> None:
+    """An ALERT reason longer than 255 bytes is cut on a character boundary."""
+    payload = Alert(10, "\u00e9" * 200).encode()
+    assert payload[:2] == b"\x0a\xfe"  # 127 two-byte characters, not 255 bytes mid-character
+    assert Alert.decode(payload) == Alert(10, "\u00e9" * 127)
+
+
+def test_encode_frame_refuses_oversized_payloads() -> None:
+    """A payload over the §1 limit is a local bug, refused before anything is sent."""
+    encode_frame(FrameType.CLIENT_HELLO, b"\x00" * 16384)
+    encode_frame(FrameType.RECORD, b"\x00" * 65561)
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_frame(FrameType.CLIENT_HELLO, b"\x00" * 16385)
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_frame(FrameType.ALERT, b"\x00" * 16385)
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_frame(FrameType.RECORD, b"\x00" * 65562)
+
+
+def _vector_frames(name: str) -> list[bytes]:
+    return [bytes.fromhex(f["hex"]) for f in load_vector(name)["frames"]]
+
+
+@pytest.mark.parametrize("name", handshake_vector_names())
+def test_vector_frames_round_trip(name: str, vectors_dir: Path) -> None:
+    """Every frame of the shared vectors decodes and re-encodes to the same bytes."""
+    vec = load_vector(name)
+    hash_len = vec["hash_len"]
+    for raw in _vector_frames(name):
+        (frame,) = _split(raw)
+        assert frame.encode() == raw
+        if frame.type is FrameType.RECORD:
+            continue
+        if frame.type is FrameType.FINISHED:
+            msg: Message = Finished.decode(frame.payload, hash_len)
+        else:
+            msg = _decode(frame.type, frame.payload)
+        assert encode_frame(frame.type, msg.encode()) == raw
+
+
+@pytest.mark.parametrize("name", handshake_vector_names())
+def test_vector_records_golden(name: str, vectors_dir: Path) -> None:
+    """RECORD golden bytes: sealing each vector record's plaintext gives its frame (§6)."""
+    vec = load_vector(name)
+    schedule = KeySchedule(SUITES[CipherSuite(int(vec["cipher_suite"], 16))])
+    secrets = {"C->S": vec["c_ap_0"], "S->C": vec["s_ap_0"]}
+    senders = {d: RecordSender(schedule, bytes.fromhex(s)) for d, s in secrets.items()}
+    receivers = {d: RecordReceiver(schedule, bytes.fromhex(s)) for d, s in secrets.items()}
+    assert vec["records"]
+    for rec in vec["records"]:
+        sender, receiver = senders[rec["dir"]], receivers[rec["dir"]]
+        content_type = ContentType(int(rec["content_type"], 16))
+        content = bytes.fromhex(rec["content"])
+        assert (sender.epoch, sender.seq) == (rec["epoch"], rec["seq"])
+        frame = bytes.fromhex(rec["frame"])
+        assert sender.seal(content_type, content) == frame
+        assert receiver.open(frame[8:]) == (content_type, content)
+        if content_type is ContentType.KEY_UPDATE:
+            sender.update()
+            receiver.update()
+
+
+# ---------------------------------------------------------------------- decoder
+
+
+def _split(data: bytes) -> list[Frame]:
+    dec = FrameDecoder()
+    dec.feed(data)
+    out = []
+    while (frame := dec.next_frame()) is not None:
+        out.append(frame)
+    assert dec.buffered == 0
+    return out
+
+
+def _stream() -> list[bytes]:
+    """Golden frames and a whole vector handshake with its records: a varied frame stream."""
+    golden = [bytes.fromhex(p.values[1]) for p in GOLDEN]
+    return golden + _vector_frames("dhe-x25519-0x1302-rsa-pss.json")
+
+
+def test_decoder_one_byte_at_a_time() -> None:
+    """Fed one byte at a time, the decoder yields nothing until a frame's last byte, then exactly it."""
+    wanted = _stream()
+    dec = FrameDecoder()
+    got: list[bytes] = []
+    for raw in wanted:
+        for i in range(len(raw)):
+            dec.feed(raw[i : i + 1])
+            frame = dec.next_frame()
+            if i < len(raw) - 1:
+                assert frame is None, (raw[:8].hex(), i)
+                assert dec.buffered == i + 1
+            else:
+                assert frame is not None
+                got.append(frame.encode())
+                assert dec.next_frame() is None
+                assert dec.buffered == 0
+    assert got == wanted
+
+
+def test_decoder_several_frames_in_one_chunk() -> None:
+    """All frames in one chunk come out in order, then None."""
+    wanted = _stream()
+    dec = FrameDecoder()
+    dec.feed(b"".join(wanted))
+    got = []
+    while (frame := dec.next_frame()) is not None:
+        got.append(frame.encode())
+    assert got == wanted
+    assert dec.buffered == 0
+
+
+@pytest.mark.parametrize("cut", [1, 7, 8, 9, 40])
+def test_decoder_chunks_across_frame_boundaries(cut: int) -> None:
+    """Chunks that cut frames anywhere give the same frames."""
+    wanted = _stream()
+    data = b"".join(wanted)
+    dec = FrameDecoder()
+    got = []
+    for start in range(0, len(data), cut):
+        dec.feed(data[start : start + cut])
+        while (frame := dec.next_frame()) is not None:
+            got.append(frame.encode())
+    assert got == wanted
+
+
+def test_decoder_buffers_only_what_arrived() -> None:
+    """A header announcing the largest RECORD (65561 bytes) costs only the bytes that came."""
+    dec = FrameDecoder()
+    dec.feed(b"KX\x01\x17" + (65561).to_bytes(4, "big") + b"\x00" * 5)
+    assert dec.next_frame() is None
+    assert dec.buffered == 13
+    dec.feed(b"\x00" * 100)
+    assert dec.next_frame() is None
+    assert dec.buffered == 113
+    dec.feed(b"\x00" * (65561 - 105))
+    frame = dec.next_frame()
+    assert frame is not None and len(frame.payload) == 65561
+    assert dec.buffered == 0
+
+
+def test_decoder_refuses_an_oversized_header_without_its_payload() -> None:
+    """One byte over the limit is refused from the header, never buffered up to its length."""
+    dec = FrameDecoder()
+    dec.feed(b"KX\x01\x17" + (65562).to_bytes(4, "big"))
+    with pytest.raises(ProtocolError) as info:
+        dec.next_frame()
+    assert info.value.alert.name == "RECORD_OVERFLOW"
+    assert dec.buffered == 8
+
+
+def test_decoder_eof() -> None:
+    """EOF on a frame boundary is silence; EOF inside a frame is decode_error."""
+    dec = FrameDecoder()
+    dec.feed(bytes.fromhex(GOLDEN[-1].values[1]))
+    dec.feed_eof()
+    assert dec.next_frame() is not None
+    assert dec.next_frame() is None
+    dec = FrameDecoder()
+    dec.feed(b"KX\x01")
+    dec.feed_eof()
+    with pytest.raises(ProtocolError, match="inside a frame"):
+        dec.next_frame()
+
+
+# ---------------------------------------------------------------------- byte-by-byte handshakes
+
+
+def _bytewise(
+    client: ClientConnection, server: ServerConnection
+) -> tuple[HandshakeComplete, HandshakeComplete]:
+    """Deliver every byte of the handshake on its own; no side may act before a frame ends."""
+    done: dict[str, HandshakeComplete] = {}
+    queued = {"client": client.data_to_send(), "server": b""}
+    peers = (("client", client, "server", server), ("server", server, "client", client))
+    for _ in range(10):
+        if not any(queued.values()):
+            break
+        for src_name, _src, dst_name, dst in peers:
+            data, queued[src_name] = queued[src_name], b""
+            ends, pos = set(), 0
+            for frame in _split(data):
+                pos += len(frame.encode())
+                ends.add(pos)
+            for i in range(len(data)):
+                dst.receive_data(data[i : i + 1])
+                got = drain(dst)
+                assert got.error is None, got.error
+                out = dst.data_to_send()
+                queued[dst_name] += out
+                if i + 1 not in ends:  # inside a frame nothing happens: no event, no reply
+                    assert got.events == [] and out == b"", (dst_name, i)
+                for ev in got.events:
+                    if isinstance(ev, HandshakeComplete):
+                        done[dst_name] = ev
+    return done["client"], done["server"]
+
+
+@pytest.mark.parametrize(
+    ("kex", "group", "suite"),
+    [
+        (Kex.PSK, Group.X25519, CipherSuite.AES_128_GCM_SHA256),
+        (Kex.DHE, Group.X25519, CipherSuite.AES_256_GCM_SHA384),
+        (Kex.DHE, Group.SECP256R1, CipherSuite.AES_128_GCM_SHA256),
+        (Kex.RSA, Group.X25519, CipherSuite.AES_128_GCM_SHA256),
+    ],
+    ids=["psk", "dhe-x25519", "dhe-p256", "rsa"],
+)
+def test_handshake_byte_by_byte(kex: Kex, group: Group, suite: CipherSuite) -> None:
+    """A whole handshake fed one byte at a time completes, with the same keys on both sides."""
+    client, server = make_pair(kex, suite, group)
+    c_done, s_done = _bytewise(client, server)
+    assert c_done.sas == s_done.sas
+    assert c_done.secrets == s_done.secrets
+    assert client.state is State.CONNECTED and server.state is State.CONNECTED
+    # and a record, byte by byte too
+    client.send_data(b"after the handshake")
+    data = client.data_to_send()
+    events = []
+    for i in range(len(data)):
+        server.receive_data(data[i : i + 1])
+        got = drain(server)
+        assert got.error is None
+        events += got.events
+        assert (events == []) is (i < len(data) - 1)
+    assert [e.data for e in events] == [b"after the handshake"]  # type: ignore[attr-defined]
