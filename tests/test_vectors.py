@@ -225,6 +225,7 @@ class Vector:
     def secrets(self) -> HandshakeSecrets:
         """The vector's §5 secrets."""
         return HandshakeSecrets(
+            shared_secret=self.hex("shared_secret"),
             master=self.hex("master"),
             c_ap_0=self.hex("c_ap_0"),
             s_ap_0=self.hex("s_ap_0"),
