@@ -1,0 +1,214 @@
+"""Where the broker is and how to log in to it, and one way to connect that fails cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+DEFAULT_URL = "mqtt://localhost:1883"
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# Issue 4: with the broker down, psk over MQTT fails within 5 s with one clear line.
+CONNECT_TIMEOUT = 5.0
+ENV_USERNAME = "KEXLAB_MQTT_USERNAME"
+ENV_PASSWORD_FILE = "KEXLAB_MQTT_PASSWORD_FILE"
+ENV_CA = "KEXLAB_MQTT_CA"
+
+
+class OobError(Exception):
+    """Root of every out-of-band failure; ``str()`` is one line a user can act on."""
+
+
+class BrokerUnavailable(OobError):
+    """The broker could not be reached, refused the login, or dropped us."""
+
+
+class OobTimeout(OobError):
+    """The broker worked but what we waited for did not arrive in time."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """A broker address (``mqtt://`` or ``mqtts://``) and optional credentials and CA."""
+
+    host: str = "localhost"
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+    """The password is read from a file so that it never shows in ``ps`` or shell history."""
+    ca_file: Path | None = None
+    """PEM CA bundle that signs the broker's certificate (mqtts only); default: system CAs."""
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        username: str | None = None,
+        password_file: str | Path | None = None,
+        ca_file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> MqttSettings:
+        """Parse ``mqtt[s]://HOST[:PORT]``; unset options fall back to the KEXLAB_MQTT_* variables."""
+        env = os.environ if env is None else env
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS:
+            raise OobError(f"{url!r}: the broker URL must start with mqtt:// or mqtts://")
+        if parts.username is not None or parts.password is not None:
+            raise OobError(
+                f"{url!r}: put no credentials in the URL; use --mqtt-username and "
+                "--mqtt-password-file (a password in a URL ends up in shell history)"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise OobError(f"{url!r}: a broker URL is mqtt://HOST:PORT, nothing after it")
+        try:
+            port = parts.port or DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise OobError(f"{url!r}: bad port") from None
+        if not parts.hostname:
+            raise OobError(f"{url!r}: no host")
+        username = username or env.get(ENV_USERNAME) or None
+        password_file = password_file or env.get(ENV_PASSWORD_FILE) or None
+        ca_file = ca_file or env.get(ENV_CA) or None
+        if password_file is not None and username is None:
+            raise OobError("a password file needs a username (--mqtt-username)")
+        if ca_file is not None and scheme != "mqtts":
+            raise OobError("a CA file is for TLS: use an mqtts:// URL with --mqtt-ca")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=scheme == "mqtts",
+            username=username,
+            password_file=Path(password_file) if password_file is not None else None,
+            ca_file=Path(ca_file) if ca_file is not None else None,
+        )
+
+    @property
+    def url(self) -> str:
+        """The broker URL, without credentials (safe to print)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+    def describe(self) -> str:
+        """The URL and the user we log in as, for messages."""
+        return f"{self.url} as {self.username!r}" if self.username else self.url
+
+    def password(self) -> str | None:
+        """The first line of the password file (None without one)."""
+        if self.password_file is None:
+            return None
+        try:
+            text = self.password_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise OobError(f"cannot read the MQTT password file: {exc}") from None
+        return text.splitlines()[0] if text else ""
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context for mqtts (None for mqtt)."""
+        if not self.tls:
+            return None
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise OobError(f"cannot load the MQTT CA file {self.ca_file}: {exc}") from None
+        context.sslsocket_class = _ClosingSSLSocket
+        return context
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """paho drops the socket without closing it when the TLS handshake fails (bad CA)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def _new_client(settings: MqttSettings, timeout: float) -> aiomqtt.Client:
+    client = aiomqtt.Client(
+        settings.host,
+        settings.port,
+        username=settings.username,
+        password=settings.password(),
+        tls_context=settings.tls_context(),
+        timeout=timeout,
+        keepalive=15,
+    )
+    # paho's blocking connect runs in an executor thread that asyncio cannot cancel: bound
+    # it below our own deadline so it never opens a socket after we have given up.
+    client._client.connect_timeout = max(0.1, timeout * 0.8)
+    return client
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    # aiomqtt leaves the socket, its reader callback and its housekeeping task behind
+    # when CONNACK never comes (timeout or cancellation). Closing paho's sockets removes
+    # all three at once, without waiting on a broker that is not answering.
+    paho = client._client
+    if paho.socket() is not None:
+        paho._reset_sockets()
+
+
+def broker_error(settings: MqttSettings, exc: BaseException) -> BrokerUnavailable:
+    """One line for a failed connection: where, as whom, and what the broker or OS said."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        detail = "did not answer"
+    elif isinstance(exc, MqttConnectError):
+        detail = f"login refused ({detail})"
+    return BrokerUnavailable(f"MQTT broker {settings.describe()} unavailable: {detail}")
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    settings: MqttSettings, timeout: float = CONNECT_TIMEOUT
+) -> AsyncIterator[aiomqtt.Client]:
+    """A connected client; connecting fails with ``BrokerUnavailable`` within ``timeout``."""
+    client = _new_client(settings, timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            await client.__aenter__()
+    except (aiomqtt.MqttError, TimeoutError) as exc:
+        _abandon(client)
+        raise broker_error(settings, exc) from None
+    except BaseException:
+        _abandon(client)
+        raise
+    try:
+        yield client
+    except aiomqtt.MqttError as exc:
+        # The connection broke mid-use: aiomqtt already knows, __aexit__ only tidies up.
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
+        raise broker_error(settings, exc) from None
+    except BaseException as exc:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
+    finally:
+        _settle(client)
+
+
+def _settle(client: aiomqtt.Client) -> None:
+    # A connection that dropped while nobody was reading leaves aiomqtt's disconnect
+    # future holding an exception nobody asked for; asyncio would log it at GC.
+    done = client._disconnected
+    if done.done() and not done.cancelled():
+        done.exception()
