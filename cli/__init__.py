@@ -1,0 +1,1 @@
+"""The `kexlab` command line (typer): keygen, server, client, demo."""

@@ -1,0 +1,241 @@
+"""What every kexlab command shares: one-line errors, exit codes, and argument parsers.
+
+An error is one line on stderr: exit 1 for a failure, 2 for a usage mistake. No
+traceback reaches a user (set ``KEXLAB_DEBUG=1`` to see one while developing).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from protocol import (
+    GROUP_NAMES,
+    KEX_NAMES,
+    SUITE_NAMES,
+    CipherSuite,
+    Group,
+    Kex,
+    LocalProtocolError,
+    ProtocolError,
+    check_psk_identity,
+)
+from protocol.constants import DEFAULT_PORT, MIN_PSK_LEN
+from transport import PeerAlert
+
+try:  # typer >= 0.20 vendors click as typer._click; older ones depend on click
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import (  # type: ignore[no-redef,import-not-found,unused-ignore]
+        ClickException,
+        UsageError,
+    )
+
+DEBUG_ENV = "KEXLAB_DEBUG"
+
+
+def error_line(text: str) -> None:
+    """Write one line to stderr (never wrapped, never styled)."""
+    print(" ".join(text.split("\n")), file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    error_line(f"error: {message}")
+    raise typer.Exit(code)
+
+
+def _one_line_errors(run: Callable[[], Any], prog_name: str | None) -> NoReturn:
+    """Run a command in non-standalone mode; every escaping error becomes one line + exit code."""
+    try:
+        rv = run()
+    except UsageError as exc:
+        name = exc.ctx.command_path if exc.ctx is not None else (prog_name or "kexlab")
+        message = exc.format_message()
+        if message:  # empty: "no arguments", the help was printed already
+            error_line(f"{name}: error: {message} (see '{name} --help')")
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        error_line(f"error: {exc.format_message()}")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error_line("aborted")
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        error_line(f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for details)")
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class KexlabGroup(TyperGroup):
+    """The ``kexlab`` group: usage and internal errors are one line (exit 2 and 1)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Like typer's, with one-line errors in standalone mode."""
+
+        def run() -> Any:
+            return TyperGroup.main(
+                self, args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+
+        if not standalone_mode:
+            return run()
+        _one_line_errors(run, prog_name)
+
+
+class KexlabCommand(TyperCommand):
+    """A single command (``python -m server``) with one-line errors."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Like typer's, with one-line errors in standalone mode."""
+
+        def run() -> Any:
+            return TyperCommand.main(
+                self, args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+
+        if not standalone_mode:
+            return run()
+        _one_line_errors(run, prog_name)
+
+
+def single_command_app(function: Any, name: str, help_text: str) -> typer.Typer:
+    """A typer app that is exactly one command (for ``python -m server`` / ``client``)."""
+    app = typer.Typer(
+        name=name, help=help_text, add_completion=False, pretty_exceptions_enable=False
+    )
+    app.command(name=name, cls=KexlabCommand)(function)
+    return app
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def describe_error(exc: BaseException, peer: str = "peer") -> str:
+    """One human line for a session failure."""
+    if isinstance(exc, PeerAlert):
+        text = f"{peer} sent alert {exc.name} ({exc.code})"
+        return f"{text}: {exc.reason}" if exc.reason else text
+    if isinstance(exc, ProtocolError):
+        sent = f"sent alert {exc.alert.name.lower()} ({int(exc.alert)})"
+        if isinstance(exc, LocalProtocolError):
+            return f"{exc.reason} ({sent})" if exc.reason else sent
+        return f"protocol error from {peer}: {exc.reason} ({sent})"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror.lower()}{where}"
+    return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- parsers
+
+KEX_BY_NAME = {name: kex for kex, name in KEX_NAMES.items()}
+SUITE_BY_NAME = {name: suite for suite, name in SUITE_NAMES.items()}
+GROUP_BY_NAME: dict[str, Group] = {
+    **{name: g for g, name in GROUP_NAMES.items() if g is not Group.NONE},
+    "p256": Group.SECP256R1,
+    "p-256": Group.SECP256R1,
+    "p384": Group.SECP384R1,
+    "p-384": Group.SECP384R1,
+}
+
+
+def _choice(value: str, table: dict[str, Any], what: str, shown: Sequence[str] = ()) -> Any:
+    key = value.strip().lower()
+    if key not in table:
+        raise typer.BadParameter(f"unknown {what} {value!r}: use {', '.join(shown or table)}")
+    return table[key]
+
+
+def parse_kex(value: str) -> Kex:
+    """rsa | dhe | psk."""
+    kex: Kex = _choice(value, KEX_BY_NAME, "key exchange")
+    return kex
+
+
+def parse_kex_list(value: str) -> frozenset[Kex]:
+    """A comma-separated list of methods (``rsa,dhe,psk``)."""
+    names = [part for part in value.split(",") if part.strip()]
+    if not names:
+        raise typer.BadParameter("name at least one method: rsa, dhe, psk")
+    return frozenset(parse_kex(name) for name in names)
+
+
+def parse_suite(value: str) -> CipherSuite:
+    """aes128 | aes256."""
+    suite: CipherSuite = _choice(value, SUITE_BY_NAME, "cipher suite")
+    return suite
+
+
+def parse_group(value: str) -> Group:
+    """x25519 | secp256r1 | secp384r1 | ffdhe2048 | ffdhe3072 (p256/p384 accepted)."""
+    shown = [n for g, n in GROUP_NAMES.items() if g is not Group.NONE]
+    group: Group = _choice(value, GROUP_BY_NAME, "group", shown)
+    return group
+
+
+def parse_psk(spec: str) -> tuple[str, bytes]:
+    """``IDENTITY=HEX``: a §3 identity and a key of at least 16 bytes."""
+    identity, sep, hex_key = spec.partition("=")
+    if not sep:
+        raise typer.BadParameter(f"{spec!r} is not IDENTITY=HEX")
+    try:
+        identity = check_psk_identity(identity.encode("utf-8"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        key = bytes.fromhex(hex_key.strip())
+    except ValueError:
+        raise typer.BadParameter(f"the key for {identity!r} is not hex") from None
+    if len(key) < MIN_PSK_LEN:
+        raise typer.BadParameter(
+            f"the key for {identity!r} is {len(key)} bytes; a PSK is at least {MIN_PSK_LEN}"
+            " random bytes (e.g. openssl rand -hex 32)"
+        )
+    return identity, key
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` (port 9700 by default)."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise typer.BadParameter(f"{text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise typer.BadParameter(f"{text!r} is not [HOST]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise typer.BadParameter(f"{text!r} has no host")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise typer.BadParameter(f"port {port_text!r} is not a number from 1 to 65535")
+    return host, int(port_text)

@@ -1,0 +1,147 @@
+"""``kexlab decrypt CAPTURE``: decrypt recorded KXP sessions, or say why they stay sealed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from capture.decrypt import (
+    CaptureError,
+    DecryptReport,
+    InputError,
+    Record,
+    Session,
+    decrypt_capture,
+    load_keylog,
+    load_rsa_key,
+    parse_psk,
+    report_to_json,
+)
+from cli.common import fail
+
+PREVIEW_CHARS = 60
+
+
+def preview(record: Record, limit: int = PREVIEW_CHARS) -> str:
+    """A short readable form of a record's content for the table."""
+    if record.plaintext is None:
+        return f"(encrypted) {record.note}".rstrip()
+    if record.content_type == "alert":
+        return f"alert {record.note}"
+    if record.content_type == "key_update":
+        return record.note
+    data = record.plaintext
+    try:
+        shown = repr(data.decode("utf-8"))[1:-1]  # text, control characters escaped
+    except UnicodeDecodeError:
+        shown = data.hex()
+    if len(shown) > limit:
+        shown = f"{shown[: limit - 1]}… ({len(data)} bytes)"
+    return shown
+
+
+def _endpoint(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def session_table(index: int, session: Session) -> Table:
+    """One session as a rich table: time, direction, epoch/seq, type, plaintext preview."""
+    method = "/".join(p for p in (session.kex, session.group, session.cipher_suite) if p != "none")
+    table = Table(
+        title=(
+            f"session {index}: {_endpoint(session.client)} → {_endpoint(session.server)}  {method}"
+        ),
+        title_justify="left",
+        expand=False,
+    )
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("dir", no_wrap=True)
+    table.add_column("epoch/seq", justify="right", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("plaintext", overflow="fold")
+    for record in session.records:
+        where = (
+            "-"
+            if record.seq is None
+            else f"{record.epoch if record.epoch is not None else '?'}/{record.seq}"
+        )
+        arrow = "C→S" if record.sender == "client" else "S→C"
+        style = "" if record.plaintext is not None else "dim"
+        table.add_row(
+            f"+{record.time - session.start_time:.6f}",
+            arrow,
+            where,
+            record.content_type,
+            Text(preview(record), style=style),
+        )
+    return table
+
+
+def render_report(console: Console, report: DecryptReport) -> None:
+    """Every session of a report: a status line, its notes and its table."""
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    for leak in report.psks_found:
+        console.print(
+            f"[red]PSK found on MQTT:[/] identity {escape(repr(leak.identity))} "
+            f"on {escape(leak.topic)} ({len(leak.key)} bytes, {leak.key.hex()[:16]}…)"
+        )
+    if not report.sessions:
+        console.print(
+            f"no KXP sessions found in {escape(report.capture)} ({report.packets} packets)"
+        )
+        return
+    for i, session in enumerate(report.sessions, 1):
+        console.print()
+        if session.decrypted:
+            console.print(f"[green]decrypted[/] with {escape(session.method)}")
+        elif session.forward_secret:
+            console.print(f"[cyan]not decrypted[/], {escape(session.reason)}")
+        else:
+            console.print(f"[yellow]not decrypted:[/] {escape(session.reason)}")
+        if session.decrypted and session.reason:
+            console.print(f"[yellow]partly:[/] {escape(session.reason)}")
+        for note in session.notes:
+            console.print(f"[dim]note: {escape(note)}[/]")
+        console.print(session_table(i, session))
+
+
+def decrypt(
+    capture: Annotated[
+        Path, typer.Argument(help="A pcap or pcapng file (tcpdump, Wireshark, --pcap).")
+    ],
+    keylog: Annotated[
+        Path | None, typer.Option("--keylog", help="Key log file (PROTOCOL.md §9).")
+    ] = None,
+    rsa_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--rsa-key", help="The server's RSA private key (PEM/DER): opens rsa sessions."
+        ),
+    ] = None,
+    psk: Annotated[
+        list[str] | None,
+        typer.Option("--psk", help="A pre-shared key as IDENTITY=HEX (repeatable)."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Decrypt the KXP sessions in a capture with a key log, the RSA key or PSKs (also from MQTT)."""
+    try:
+        entries = load_keylog(keylog) if keylog is not None else None
+        key = load_rsa_key(rsa_key) if rsa_key is not None else None
+        psks = dict(parse_psk(item) for item in psk or [])
+        report = decrypt_capture(capture, keylog=entries, rsa_key=key, psks=psks)
+    except (InputError, CaptureError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(report_to_json(report), indent=2))
+        return
+    render_report(Console(), report)

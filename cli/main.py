@@ -1,0 +1,41 @@
+"""The ``kexlab`` command and its subcommands (console script ``cli.main:main``)."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import KexlabGroup
+from cli.decrypt import decrypt
+from cli.demo import demo
+from cli.keygen import keygen
+from cli.oob_commands import broker, psk_send
+from client.command import client
+from server.command import server
+
+app = typer.Typer(
+    name="kexlab",
+    cls=KexlabGroup,
+    help="A key-exchange lab: watch a server and a client agree on a key by rsa, dhe or psk.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+)
+app.command("keygen")(keygen)
+app.command("server")(server)
+app.command("client")(client)
+app.command("demo")(demo)
+app.command("decrypt")(decrypt)
+app.command("broker")(broker)
+
+psk_app = typer.Typer(help="Hand PSKs over out of band.", no_args_is_help=True)
+psk_app.command("send")(psk_send)
+app.add_typer(psk_app, name="psk")
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

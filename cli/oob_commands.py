@@ -1,0 +1,138 @@
+"""``kexlab broker`` and ``kexlab psk send``: the two out-of-band commands that need no KXP peer.
+
+Register them in ``cli/main.py``::
+
+    app.command("broker")(broker)
+    psk_app = typer.Typer(help="Hand PSKs to a server out of band.")
+    psk_app.command("send")(psk_send)
+    app.add_typer(psk_app, name="psk")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import error_line, fail
+from oob import (
+    DEFAULT_TTL,
+    DEFAULT_URL,
+    EmbeddedBroker,
+    MqttSettings,
+    OobError,
+    PskPublication,
+    format_shared_psk,
+    generate_identity,
+    generate_psk,
+    is_loopback,
+    publish_psk,
+)
+from oob.broker import DEFAULT_HOST, DEFAULT_PORT
+
+OobOption = Annotated[
+    str, typer.Option("--oob", help="MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT.")
+]
+UsernameOption = Annotated[
+    str | None,
+    typer.Option(help="MQTT user name (or KEXLAB_MQTT_USERNAME).", show_default=False),
+]
+PasswordFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="File whose first line is the MQTT password (or KEXLAB_MQTT_PASSWORD_FILE).",
+        show_default=False,
+    ),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM CA file for an mqtts:// broker (or KEXLAB_MQTT_CA).", show_default=False
+    ),
+]
+
+
+def broker(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback unless you mean otherwise).")
+    ] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = DEFAULT_PORT,
+) -> None:
+    """Run the embedded MQTT broker (amqtt) until Ctrl-C, for machines without Mosquitto."""
+    try:
+        asyncio.run(_serve(host, port))
+    except OobError as exc:
+        fail(str(exc))
+
+
+async def _serve(host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Only the main thread may handle signals (tests run commands in threads too).
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        async with EmbeddedBroker(host, port) as running:
+            _say(f"kexlab broker: listening on {running.url} (embedded amqtt)")
+            _say(
+                "kexlab broker: open lab broker: no login, no ACL, no TLS; anyone who can "
+                "connect reads every key (mosquitto_sub -t 'kexlab/#' -v)"
+            )
+            if not is_loopback(host):
+                error_line(
+                    f"warning: listening on {host}, not loopback: other machines can reach "
+                    "this broker and read every key that crosses it"
+                )
+            await stop.wait()
+        _say("kexlab broker: stopped")
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def psk_send(
+    server_id: Annotated[
+        str, typer.Option("--server-id", help="The server's --server-id (its host name there).")
+    ],
+    oob: OobOption = DEFAULT_URL,
+    identity: Annotated[
+        str | None,
+        typer.Option(help="PSK identity (default: a fresh random one).", show_default=False),
+    ] = None,
+    ttl: Annotated[
+        float, typer.Option(min=1, help="Seconds until the server forgets the key.")
+    ] = DEFAULT_TTL,
+    mqtt_username: UsernameOption = None,
+    mqtt_password_file: PasswordFileOption = None,
+    mqtt_ca: CaOption = None,
+) -> None:
+    """Hand a server a fresh 32-byte PSK over MQTT and print IDENTITY=HEX for the client side."""
+    try:
+        settings = MqttSettings.from_url(
+            oob, username=mqtt_username, password_file=mqtt_password_file, ca_file=mqtt_ca
+        )
+        key, name = generate_psk(), identity or generate_identity()
+        format_shared_psk(name, key)  # refuse an identity the other side cannot paste
+        publication = asyncio.run(publish_psk(settings, server_id, name, key, ttl))
+    except (OobError, ValueError) as exc:
+        fail(str(exc))
+    _report(publication)
+
+
+def _report(publication: PskPublication) -> None:
+    # stdout carries only the key line, so `kexlab psk send ... > key.txt` captures just it.
+    _say(publication.summary())
+    _say("give the client this line (e.g. kexlab client --kex psk --psk IDENTITY=HEX):")
+    typer.echo(publication.shareable)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,233 @@
+"""``kexlab server`` (and ``python -m server``): options -> keys -> a listening KexlabServer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cli.common import describe_error, fail, parse_kex_list, parse_psk
+from cli.output import ServerLog
+from keystore import (
+    KeyFileError,
+    data_dir,
+    ensure_server_keys,
+    fingerprint,
+    load_private_key,
+)
+from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT, KEX_NAMES, Kex
+from protocol.kex import ServerPrivateKey
+
+from .apps import APPS
+from .server import DEFAULT_MAX_CONNECTIONS, KexlabServer, ServerOptions
+
+LOG_FORMATS = ("text", "json")
+
+
+def _check_app(value: str) -> str:
+    if value not in APPS:
+        raise typer.BadParameter(f"unknown app {value!r}: use {', '.join(APPS)}")
+    return value
+
+
+def _check_log_format(value: str) -> str:
+    if value not in LOG_FORMATS:
+        raise typer.BadParameter(f"unknown log format {value!r}: use text or json")
+    return value
+
+
+def _check_kex(value: str) -> str:
+    parse_kex_list(value)
+    return value
+
+
+def _check_psks(values: list[str] | None) -> list[str] | None:
+    for spec in values or []:
+        parse_psk(spec)
+    return values
+
+
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port to listen on (0: any free port).")
+    ] = DEFAULT_PORT,
+    kex: Annotated[
+        str,
+        typer.Option(callback=_check_kex, help="Key exchange methods to enable, comma-separated."),
+    ] = "rsa,dhe,psk",
+    rsa_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--rsa-key",
+            metavar="FILE",
+            help="RSA private key (>= 2048 bits) for rsa transport and, by default, dhe"
+            " signatures. Default: $KEXLAB_HOME/server-rsa.pem (KEXLAB_HOME defaults to"
+            " ~/.local/share/kexlab), created on first run.",
+        ),
+    ] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-key",
+            metavar="FILE",
+            help="Identity key (RSA or Ed25519) that signs dhe shares. Default: the RSA key.",
+        ),
+    ] = None,
+    anonymous: Annotated[
+        bool,
+        typer.Option(
+            "--anonymous",
+            help="Serve dhe without a signature (clients must use --trust none).",
+        ),
+    ] = False,
+    psk: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--psk",
+            metavar="IDENTITY=HEX",
+            callback=_check_psks,
+            help="A pre-shared key handed over out of band (repeatable).",
+        ),
+    ] = None,
+    app: Annotated[
+        str,
+        typer.Option(
+            callback=_check_app,
+            help="echo: every record comes back as is. chat: every message goes to every"
+            " other client, prefixed with the sender's name.",
+        ),
+    ] = "echo",
+    inbox: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help="Where received files go. Default: $KEXLAB_HOME/inbox."),
+    ] = None,
+    keylog: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            envvar="KEXLAB_KEYLOGFILE",
+            help="Append each connection's traffic secrets (NSS key log style) to FILE.",
+        ),
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Print every frame as an annotated table.")
+    ] = False,
+    show_secrets: Annotated[
+        bool,
+        typer.Option("--show-secrets", help="Also print secret values (master, traffic keys)."),
+    ] = False,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Connections served at once; more are refused.")
+    ] = DEFAULT_MAX_CONNECTIONS,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(min=0.01, help="Seconds a client has to complete its handshake."),
+    ] = DEFAULT_HANDSHAKE_TIMEOUT,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01, help="Close a session silent for this many seconds (default: never)."
+        ),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option(callback=_check_log_format, help="text or json (one object per line).")
+    ] = "text",
+) -> None:
+    """Serve KXP/1: agree on a key with each client by rsa, dhe or psk, then echo or chat."""
+    if anonymous and sign_key is not None:
+        raise typer.BadParameter(
+            "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
+        )
+    methods = parse_kex_list(kex)
+    log = ServerLog(log_format, explain=explain, show_secrets=show_secrets)
+    try:
+        options = _options(
+            methods, rsa_key, sign_key, anonymous, log, inbox or data_dir() / "inbox"
+        )
+    except (KeyFileError, ValueError, OSError) as exc:
+        fail(describe_error(exc))
+    options.host, options.port = host, port
+    options.psks = dict(parse_psk(spec) for spec in psk or [])
+    options.app, options.keylog, options.explain = app, keylog, explain
+    options.max_connections = max_connections
+    options.handshake_timeout = handshake_timeout
+    options.idle_timeout = idle_timeout
+    try:
+        asyncio.run(_serve(options, log))
+    except (ValueError, OSError) as exc:
+        fail(describe_error(exc))
+
+
+def _options(
+    methods: frozenset[Kex],
+    rsa_path: Path | None,
+    sign_path: Path | None,
+    anonymous: bool,
+    log: ServerLog,
+    inbox: Path,
+) -> ServerOptions:
+    """Load or create the keys the enabled methods need."""
+    rsa_key: rsa.RSAPrivateKey | None = None
+    needs_rsa = Kex.RSA in methods or (Kex.DHE in methods and not anonymous and sign_path is None)
+    if rsa_path is not None:
+        key = load_private_key(rsa_path)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise KeyFileError(f"{rsa_path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
+        rsa_key = key
+        log.emit("key", role="rsa", sha256=fingerprint(key), path=str(rsa_path))
+    elif needs_rsa:
+        keys = ensure_server_keys(data_dir())
+        rsa_key = keys.rsa_key
+        if keys.created:
+            log.emit("key-created", path=str(keys.rsa_path), sha256=keys.fingerprint)
+        log.emit("key", role="rsa", sha256=keys.fingerprint, path=str(keys.rsa_path))
+    sign_key: ServerPrivateKey | None = None
+    if Kex.DHE in methods and not anonymous:
+        if sign_path is not None:
+            sign_key = load_private_key(sign_path)
+            log.emit("key", role="sign", sha256=fingerprint(sign_key), path=str(sign_path))
+        else:
+            sign_key = rsa_key
+    return ServerOptions(
+        kex_methods=methods,
+        rsa_key=rsa_key if Kex.RSA in methods else None,
+        sign_key=sign_key,
+        inbox=inbox,
+    )
+
+
+async def _serve(options: ServerOptions, log: ServerLog) -> None:
+    """Listen until SIGINT or SIGTERM, then close every session with close_notify."""
+    srv = KexlabServer(options, log)
+    host, port = await srv.start()
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    methods = ",".join(KEX_NAMES[k] for k in sorted(options.kex_methods))
+    log.emit(
+        "listening",
+        address=shown,
+        kex=methods,
+        app=options.app,
+        anonymous=Kex.DHE in options.kex_methods and options.sign_key is None,
+        psk_identities=",".join(sorted(options.psks)) or "-",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        await srv.serve_until(stop)
+    finally:
+        for sig in handled:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    log.emit("stopped", connections_closed=len(srv.streams) == 0)

@@ -1,0 +1,209 @@
+"""The asyncio KXP server: one task per connection, each with its own timeouts.
+
+A connection's task owns everything about it (handshake, app, upload), so a stalled
+or hostile client can only ever cost its own task: the handshake timeout cuts a
+client that stops mid-handshake, the idle timeout one that stops talking, and the
+chat app drops a member that stops reading instead of waiting on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from protocol import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_PORT,
+    AlertCode,
+    CipherSuite,
+    Event,
+    FrameTraced,
+    Group,
+    HandshakeComplete,
+    Kex,
+    ProtocolError,
+    ServerConfig,
+    ServerConnection,
+)
+from protocol.kex import ServerPrivateKey, available_groups
+from transport import ConnectionLost, KxpStream, PeerAlert
+from transport.keylog import append_keylog
+
+from .apps import APPS, App, Session
+from .inbox import Inbox
+
+DEFAULT_MAX_CONNECTIONS = 512
+LISTEN_BACKLOG = 1024
+SHUTDOWN_GRACE = 2.0
+"""Seconds the server waits for clients to answer its close_notify when it stops."""
+
+
+@dataclass
+class ServerOptions:
+    """Everything ``kexlab server`` can be told (keys already loaded)."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    kex_methods: frozenset[Kex] = frozenset(Kex)
+    cipher_suites: tuple[CipherSuite, ...] = tuple(CipherSuite)
+    groups: tuple[Group, ...] = field(default_factory=lambda: tuple(available_groups()))
+    rsa_key: rsa.RSAPrivateKey | None = None
+    """The RSA transport key (required when rsa is enabled)."""
+    sign_key: ServerPrivateKey | None = None
+    """dhe identity key; None serves dhe anonymously."""
+    psks: dict[str, bytes] = field(default_factory=dict)
+    app: str = "echo"
+    inbox: Path = Path("inbox")
+    keylog: Path | None = None
+    explain: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    idle_timeout: float | None = None
+
+
+class ServerObserver:
+    """What the server reports; the command line prints it (text or JSON), tests collect it."""
+
+    def log(self, event: str, peer: str, fields: dict[str, Any]) -> None:
+        """A structured log event ("connect", "handshake-failed", "upload-done", ...)."""
+
+    def handshake(self, peer: str, hc: HandshakeComplete, ms: float) -> None:
+        """A handshake completed in ``ms`` milliseconds."""
+
+    def frame(self, peer: str, event: FrameTraced) -> None:
+        """A frame crossed the wire (only with ``explain``)."""
+
+
+class KexlabServer:
+    """Accepts TCP connections and serves each as a KXP server connection."""
+
+    def __init__(self, options: ServerOptions, observer: ServerObserver | None = None) -> None:
+        self.options = options
+        self.observer = observer or ServerObserver()
+        self.config = ServerConfig(
+            kex_methods=options.kex_methods,
+            cipher_suites=options.cipher_suites,
+            groups=options.groups,
+            rsa_key=options.rsa_key,
+            sign_key=options.sign_key,
+            psk_lookup=options.psks.get,
+            trace=options.explain,
+        )
+        self.config.validate()  # ValueError: a configuration that cannot serve what it enables
+        self.app: App = APPS[options.app](options.idle_timeout)
+        self.inbox = Inbox(options.inbox)
+        self.streams: set[KxpStream] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> tuple[str, int]:
+        """Bind and listen; returns the address actually bound (port 0 picks a free one)."""
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.options.host,
+            self.options.port,
+            reuse_address=True,
+            # A burst of clients must not overflow the accept queue (asyncio's default is 100).
+            backlog=LISTEN_BACKLOG,
+        )
+        return self.address
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of the first listening socket."""
+        assert self._server is not None
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down cleanly."""
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting, send close_notify to every client, wait ``grace`` s, drop the rest."""
+        if self._server is not None:
+            self._server.close()
+        for stream in list(self.streams):
+            stream.send_close()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Only shutdown cancels a connection task, and it has been dropped by then.
+            # Ending normally also spares Python 3.11's start_server callback, which
+            # logs a spurious error for a cancelled client_connected_cb task.
+            pass
+        finally:
+            self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ServerConnection(self.config)
+        stream = KxpStream(conn, reader, writer)
+        peer = stream.peer
+        stream.on_event = lambda ev: self._on_event(peer, ev)
+        if len(self.streams) >= self.options.max_connections:
+            stream.abort(AlertCode.HANDSHAKE_FAILURE, "server busy: too many connections")
+            self._log("refused", peer, reason="max connections reached")
+            await stream.wait_closed()
+            return
+        self.streams.add(stream)
+        self._log("connect", peer)
+        try:
+            await self._session(stream, peer)
+        except ProtocolError as exc:
+            alert = exc.alert.name.lower()
+            self._log("error", peer, sent_alert=alert, code=int(exc.alert), reason=exc.reason)
+        except PeerAlert as exc:
+            self._log("error", peer, received_alert=exc.name, code=exc.code, reason=exc.reason)
+        except ConnectionLost as exc:
+            self._log("error", peer, reason=str(exc))
+        except asyncio.CancelledError:
+            stream.abort(AlertCode.INTERNAL_ERROR, "server shutting down", hard=True)
+            raise
+        finally:
+            self.streams.discard(stream)
+            await stream.wait_closed()
+
+    async def _session(self, stream: KxpStream, peer: str) -> None:
+        started = time.perf_counter()
+        hc = await stream.do_handshake(self.options.handshake_timeout)
+        ms = (time.perf_counter() - started) * 1000.0
+        if self.options.keylog is not None:
+            try:
+                append_keylog(self.options.keylog, hc.keylog)
+            except OSError as exc:
+                self._log("keylog-error", peer, reason=str(exc))
+        self.observer.handshake(peer, hc, ms)
+        name = hc.psk_identity or peer
+        session = Session(stream, name, self.inbox, lambda ev, **kw: self._log(ev, peer, **kw))
+        await self.app.run(session)
+        self._log("closed", peer)
+
+    def _on_event(self, peer: str, event: Event) -> None:
+        if isinstance(event, FrameTraced):
+            self.observer.frame(peer, event)
+
+    def _log(self, event: str, peer: str, **fields: Any) -> None:
+        with contextlib.suppress(Exception):  # a broken log sink must not kill a connection
+            self.observer.log(event, peer, fields)
