@@ -2,7 +2,10 @@
 
 Everything is real: TCP on a free loopback port, keys made in a temporary directory,
 the PSK generated and handed to both sides "by hand" (printed, then passed), frames
-annotated as they cross. It ends with a table of each session's SAS as both sides saw it.
+annotated as they cross. Then the same over MQTT (PROTOCOL.md §8): an embedded broker on
+a free loopback port, a PSK delivered over it, the server's fingerprint pinned from it,
+and each session's SAS compared over it (frames are not shown again for these). It ends
+with a table of each session's SAS as both sides saw it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from rich.table import Table
 from cli.common import describe_error, fail
 from cli.output import Explainer
 from cli.render import render_summary_line
+from client.oob import ClientOob
 from client.session import ClientOptions, ClientSession
-from keystore import PinPolicy, ensure_server_keys, long_fingerprint
+from keystore import MqttPinPolicy, PinPolicy, ServerKeys, ensure_server_keys, long_fingerprint
+from oob import EmbeddedBroker, MqttSettings, OobError
 from protocol import (
     GROUP_NAMES,
     KEX_NAMES,
@@ -36,10 +41,13 @@ from protocol import (
     Kex,
     ProtocolError,
 )
+from server.oob import ServerOob
 from server.server import KexlabServer, ServerObserver, ServerOptions
 from transport import TransportError
 
 PSK_IDENTITY = "demo-psk"
+SERVER_ID = "kexlab-demo"
+MQTT_READY_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,8 @@ def demo(
         asyncio.run(_demo(console, explain, show_secrets))
     except (ProtocolError, TransportError, OSError, ValueError) as exc:
         fail(f"demo failed: {describe_error(exc, peer='server')}")
+    except OobError as exc:
+        fail(f"demo failed: {exc}")
 
 
 async def _demo(console: Console, explain: bool, show_secrets: bool) -> None:
@@ -146,21 +156,23 @@ async def _demo(console: Console, explain: bool, show_secrets: bool) -> None:
                 )
         finally:
             await server.shutdown()
+        results += await _over_mqtt(console, keys, Path(tmp), observer, show_secrets)
     table = Table(
         title="kexlab demo: three ways to agree on a key",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
+        show_edge=False,  # room for the "*" of the MQTT rows in 80 columns
     )
     for column in ("method", "client SAS", "server SAS", "same", "time"):
         table.add_column(column, no_wrap=True)
-    for hc, ms in results:
+    for n, (hc, ms) in enumerate(results):
         theirs = observer.handshakes.get(hc.client_random)
         method = "/".join(
             [KEX_NAMES[hc.kex]]
             + ([GROUP_NAMES[hc.group]] if hc.group is not Group.NONE else [])
             + [SUITE_NAMES[hc.cipher_suite]]
-        )
+        ) + ("*" if n >= len(RUNS) else "")
         table.add_row(
             method,
             hc.sas_display,
@@ -169,6 +181,10 @@ async def _demo(console: Console, explain: bool, show_secrets: bool) -> None:
             f"{ms:.1f} ms",
         )
     console.print(table)
+    console.print(
+        "* over MQTT: the key (psk) or the pin of the server key (dhe) came from the broker,"
+        " and both sides compared the full SAS over it."
+    )
     console.print(
         "Same SAS on both sides: nobody in the middle. Compare it aloud to be sure."
         f"  (demo took {time.perf_counter() - started:.1f} s)"
@@ -208,6 +224,85 @@ async def _session(
             explainer.key_update_sent()
         echo = await session.request(text.encode("utf-8"))
         console.print(f"sent {text!r}, echo {echo.decode('utf-8', 'replace')!r}")
+    await session.close()
+    console.print()
+    return session.handshake, session.handshake_ms
+
+
+async def _over_mqtt(
+    console: Console, keys: ServerKeys, tmp: Path, observer: _ServerSide, show_secrets: bool
+) -> list[tuple[HandshakeComplete, float]]:
+    """psk delivered, fingerprint pinned and SAS compared over an embedded MQTT broker."""
+    console.print(Rule("out of band over MQTT (PROTOCOL.md section 8)"))
+    async with EmbeddedBroker("127.0.0.1", 0) as broker:
+        settings = MqttSettings.from_url(broker.url, env={})
+        console.print(
+            f"embedded MQTT broker on {broker.url}: an open lab broker, so anyone connected"
+            " to it reads every key that crosses it (mosquitto_sub -t 'kexlab/#' -v)"
+        )
+        options = ServerOptions(
+            host="127.0.0.1",
+            port=0,
+            rsa_key=keys.rsa_key,
+            sign_key=keys.rsa_key,
+            inbox=tmp / "inbox",
+        )
+        mqtt = ServerOob(settings, SERVER_ID, verify_sas=True)
+        channel = mqtt.attach(options)
+        server = KexlabServer(options, observer)
+        host, port = await server.start()
+        mqtt.start(options, f"{host}:{port}")
+        try:
+            # A PSK message is not retained: the server must be subscribed before it goes out.
+            if not await channel.wait_ready(MQTT_READY_TIMEOUT):
+                raise OobError(f"the demo server did not subscribe on {broker.url}")
+            console.print(
+                f"server {SERVER_ID!r} on {host}:{port} subscribes to kexlab/v1/{SERVER_ID}/psk/+"
+                " and announces its key fingerprint (retained)\n"
+            )
+            results = []
+            for kex in (Kex.PSK, Kex.DHE):
+                client = ClientOptions(host=host, port=port, kex=kex, timeout=5.0)
+                results.append(await _mqtt_session(console, client, settings, show_secrets))
+        finally:
+            await server.shutdown()
+            await mqtt.stop()
+    return results
+
+
+async def _mqtt_session(
+    console: Console, options: ClientOptions, settings: MqttSettings, show_secrets: bool
+) -> tuple[HandshakeComplete, float]:
+    """One client over MQTT: psk delivered, or dhe pinned; the SAS compared either way."""
+    psk = options.kex is Kex.PSK
+    title = (
+        "psk over MQTT: the client publishes a fresh key, then connects"
+        if psk
+        else "dhe, the server key pinned from its fingerprint on the broker"
+    )
+    console.print(Rule(title))
+    mqtt = ClientOob(settings, SERVER_ID, verify_sas=True, publish_psk=psk)
+    policy: MqttPinPolicy | None = None  # psk: there is no server key to pin
+    if psk:
+        mqtt.new_psk(options)
+    else:
+        policy = MqttPinPolicy()
+        options.trust = policy.decide
+    notes = await mqtt.before_connect(options, policy)
+    for note in notes + (policy.notes if policy is not None else []):
+        console.print(note, markup=False, soft_wrap=True)
+    explainer = Explainer(console, "client", frames=False, show_secrets=show_secrets)
+    session = await mqtt.open(options, explainer.on_event)
+    render_summary_line(console, session.handshake, session.handshake_ms, "client")
+    try:
+        verified = await mqtt.check_sas(session)
+        console.print(verified, style="green", markup=False, soft_wrap=True)
+        text = f"hello over {'psk' if psk else 'dhe'}, via MQTT"
+        echo = await session.request(text.encode("utf-8"))
+    except BaseException:
+        await session.wait_closed()
+        raise
+    console.print(f"sent {text!r}, echo {echo.decode('utf-8', 'replace')!r}")
     await session.close()
     console.print()
     return session.handshake, session.handshake_ms

@@ -14,17 +14,23 @@ import asyncio
 import contextlib
 import signal
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.common import error_line, fail
+from cli.common import (
+    CaOption,
+    OobOption,
+    PasswordFileOption,
+    UsernameOption,
+    error_line,
+    fail,
+    mqtt_settings,
+)
 from oob import (
     DEFAULT_TTL,
     DEFAULT_URL,
     EmbeddedBroker,
-    MqttSettings,
     OobError,
     PskPublication,
     format_shared_psk,
@@ -34,27 +40,6 @@ from oob import (
     publish_psk,
 )
 from oob.broker import DEFAULT_HOST, DEFAULT_PORT
-
-OobOption = Annotated[
-    str, typer.Option("--oob", help="MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT.")
-]
-UsernameOption = Annotated[
-    str | None,
-    typer.Option(help="MQTT user name (or KEXLAB_MQTT_USERNAME).", show_default=False),
-]
-PasswordFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="File whose first line is the MQTT password (or KEXLAB_MQTT_PASSWORD_FILE).",
-        show_default=False,
-    ),
-]
-CaOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="PEM CA file for an mqtts:// broker (or KEXLAB_MQTT_CA).", show_default=False
-    ),
-]
 
 
 def broker(
@@ -116,9 +101,7 @@ def psk_send(
 ) -> None:
     """Hand a server a fresh 32-byte PSK over MQTT and print IDENTITY=HEX for the client side."""
     try:
-        settings = MqttSettings.from_url(
-            oob, username=mqtt_username, password_file=mqtt_password_file, ca_file=mqtt_ca
-        )
+        settings = mqtt_settings(oob, mqtt_username, mqtt_password_file, mqtt_ca)
         key, name = generate_psk(), identity or generate_identity()
         format_shared_psk(name, key)  # refuse an identity the other side cannot paste
         publication = asyncio.run(publish_psk(settings, server_id, name, key, ttl))

@@ -25,8 +25,16 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
+from capture.tap import CaptureFileError, close_pcap, open_pcap
 from cli.common import (
+    CaOption,
+    OptionalOobOption,
+    PasswordFileOption,
+    ServerIdOption,
+    UsernameOption,
+    VerifySasOption,
     describe_error,
     error_line,
     fail,
@@ -39,11 +47,13 @@ from cli.common import (
 from cli.output import Explainer, out, stderr_console
 from cli.render import render_summary_line
 from keystore import KeyFileError, TrustPolicy, data_dir, parse_trust
+from oob import OobError
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, Kex, ProtocolError
 from protocol.constants import MAX_CONTENT
 from transport import TransportError
 from transport.control import decode_control, is_control
 
+from .oob import ClientOob, client_oob
 from .session import ClientOptions, ClientSession, SessionError
 
 HELP_LINE = "type a message and Enter to send; /rekey /sas /quit (or Ctrl-D)"
@@ -114,9 +124,16 @@ def client(
         typer.Option(
             help="How to trust the server key: tofu (record it on first use in"
             " $KEXLAB_HOME/known_hosts, keyed by host:port), none, pin:SHA256 or pin:FILE"
-            " (a public key file)."
+            " (a public key file), or mqtt (pin the fingerprint the server announces on"
+            " the --oob broker: only as trustworthy as the broker's write permissions)."
         ),
     ] = "tofu",
+    oob: OptionalOobOption = None,
+    server_id: ServerIdOption = None,
+    verify_sas: VerifySasOption = None,
+    mqtt_username: UsernameOption = None,
+    mqtt_password_file: PasswordFileOption = None,
+    mqtt_ca: CaOption = None,
     send: Annotated[
         list[str] | None,
         typer.Option(metavar="TEXT", help="Send TEXT, print the echo (repeatable); then exit."),
@@ -144,6 +161,14 @@ def client(
             help="Append this session's traffic secrets (NSS key log style) to FILE.",
         ),
     ] = None,
+    pcap: Annotated[
+        Path | None,
+        typer.Option(
+            "--pcap",
+            metavar="FILE",
+            help="Write what crosses the connection to FILE as a pcap (no root needed).",
+        ),
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option(min=0.01, help="Seconds for connect, handshake and each reply."),
@@ -153,8 +178,12 @@ def client(
     host, port = parse_address(address)
     method = parse_kex(kex) if kex is not None else (Kex.PSK if psk else Kex.DHE)
     identity, key = parse_psk(psk) if psk else ("", b"")
-    if method is Kex.PSK and not psk:
-        raise typer.BadParameter("--kex psk needs --psk IDENTITY=HEX", param_hint="'--psk'")
+    if method is Kex.PSK and not psk and oob is None:
+        raise typer.BadParameter(
+            "--kex psk needs --psk IDENTITY=HEX (or --oob mqtt://HOST:PORT to send a fresh"
+            " key to the server over MQTT)",
+            param_hint="'--psk'",
+        )
     if method is not Kex.PSK and psk:
         raise typer.BadParameter(f"--psk is for --kex psk, not {kex}", param_hint="'--psk'")
     if send_file is not None and not send_file.is_file():
@@ -178,7 +207,23 @@ def client(
         timeout=timeout,
     )
     try:
-        policy = parse_trust(trust, options.address, data_dir() / "known_hosts")
+        mqtt = client_oob(
+            oob,
+            server_id,
+            verify_sas,
+            mqtt_username,
+            mqtt_password_file,
+            mqtt_ca,
+            publish_psk=method is Kex.PSK and not psk,
+        )
+    except OobError as exc:
+        fail(str(exc))
+    if mqtt is not None and mqtt.publish_psk:
+        mqtt.new_psk(options)
+    try:
+        policy = parse_trust(
+            trust, options.address, data_dir() / "known_hosts", mqtt=mqtt is not None
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--trust'") from None
     options.trust, options.allow_anonymous = policy.decide, policy.allow_anonymous
@@ -188,9 +233,22 @@ def client(
         fail(str(exc))
     interactive = not send and send_file is None and sys.stdin.isatty()
     try:
-        asyncio.run(_run(options, policy, send or [], send_file, show_secrets, interactive))
+        options.pcap = open_pcap(pcap) if pcap is not None else None
+    except CaptureFileError as exc:
+        fail(str(exc))
+    options.on_pcap_error = lambda reason: error_line(f"warning: --pcap {pcap}: {reason}")
+    try:
+        asyncio.run(_run(options, policy, send or [], send_file, show_secrets, interactive, mqtt))
     except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
         fail(describe_error(exc, peer="server"))
+    except OobError as exc:
+        fail(str(exc))
+    finally:
+        if options.pcap is not None and pcap is not None:
+            try:
+                close_pcap(options.pcap, pcap)
+            except CaptureFileError as exc:
+                fail(str(exc))
 
 
 async def _run(
@@ -200,14 +258,23 @@ async def _run(
     send_file: Path | None,
     show_secrets: bool,
     interactive: bool,
+    mqtt: ClientOob | None = None,
 ) -> None:
     console = Console(highlight=False)
     explainer = Explainer(console, "client", frames=options.explain, show_secrets=show_secrets)
-    session = await ClientSession.open(options, on_event=explainer.on_event)
-    for note in policy.notes:  # first use recorded, or the "none" warning
+    if mqtt is not None:
+        for note in await mqtt.before_connect(options, policy):  # the PSK publication
+            error_line(note)
+        session = await mqtt.open(options, explainer.on_event)
+    else:
+        session = await ClientSession.open(options, on_event=explainer.on_event)
+    for note in policy.notes:  # first use recorded, the "none" warning, the mqtt pin
         error_line(note)
     render_summary_line(console, session.handshake, session.handshake_ms, "client")
     try:
+        if mqtt is not None and mqtt.verify_sas:
+            verified = await mqtt.check_sas(session)
+            console.print(Text(verified, style="green"), soft_wrap=True, highlight=False)
         if messages or send_file is not None:
             for text in messages:
                 out(_text(await session.request(text.encode("utf-8"))))
@@ -221,7 +288,7 @@ async def _run(
                 out(_text(await session.request(line.encode("utf-8"))))
     except BaseException:
         session.stream.send_close()  # no reply, Ctrl-C, a bad receipt: still end politely
-        await session.stream.wait_closed()
+        await session.wait_closed()
         raise
     await session.close()
 
@@ -332,7 +399,7 @@ async def _interactive(session: ClientSession, explainer: Explainer) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(2.0):
             await receiver
-    await session.stream.wait_closed()
+    await session.wait_closed()
 
 
 async def _command(session: ClientSession, explainer: Explainer, line: str) -> None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture.pcap import PcapWriter
+from capture.tap import ErrorHook, PcapTap
 from protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PORT,
@@ -55,6 +57,10 @@ class ClientOptions:
     explain: bool = False
     keylog: Path | None = None
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    pcap: PcapWriter | None = None
+    """Where the connection's bytes are recorded (``--pcap``); the caller closes it."""
+    on_pcap_error: ErrorHook | None = None
+    """Told once if the capture stops (the session goes on)."""
 
     @property
     def address(self) -> str:
@@ -90,9 +96,12 @@ class FileReceipt:
 class ClientSession:
     """A connected, handshaken client: send messages, await replies, upload files, close."""
 
-    def __init__(self, stream: KxpStream, options: ClientOptions) -> None:
+    def __init__(
+        self, stream: KxpStream, options: ClientOptions, tap: PcapTap | None = None
+    ) -> None:
         self.stream = stream
         self.options = options
+        self.tap = tap
         assert stream.handshake is not None
         self.handshake: HandshakeComplete = stream.handshake
         self.handshake_ms: float = stream.handshake_ms or 0.0
@@ -104,14 +113,26 @@ class ClientSession:
         stream = await KxpStream.connect(
             options.host, options.port, conn, timeout=options.timeout, on_event=on_event
         )
+        tap = None
+        if options.pcap is not None and not options.pcap.closed:
+            tap = PcapTap(
+                options.pcap,
+                stream.writer.get_extra_info("sockname"),
+                stream.writer.get_extra_info("peername"),
+                initiated_by_local=True,
+                on_error=options.on_pcap_error,
+            )
+            stream.on_bytes = tap.on_bytes  # nothing is sent before the handshake starts
         try:
             hc = await stream.do_handshake(options.timeout)
         finally:
             if stream.closed:
                 await stream.wait_closed()
+                if tap is not None:
+                    tap.close()
         if options.keylog is not None:
             append_keylog(options.keylog, hc.keylog)
-        return cls(stream, options)
+        return cls(stream, options, tap)
 
     async def send(self, message: bytes) -> None:
         """Send one message record."""
@@ -187,6 +208,16 @@ class ClientSession:
     async def close(self) -> None:
         """close_notify both ways, then the socket."""
         await self.stream.close()
+        self._end_capture()
+
+    async def wait_closed(self) -> None:
+        """Close the socket without close_notify (after ``stream.send_close``, or an error)."""
+        await self.stream.wait_closed()
+        self._end_capture()
+
+    def _end_capture(self) -> None:
+        if self.tap is not None:
+            self.tap.close()
 
 
 def _file_digest(path: Path) -> tuple[int, str]:

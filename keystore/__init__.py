@@ -16,6 +16,7 @@ from .keys import (
 )
 from .trust import (
     KnownHosts,
+    MqttPinPolicy,
     NonePolicy,
     PinPolicy,
     TofuPolicy,
@@ -27,6 +28,7 @@ from .trust import (
 __all__ = [
     "KeyFileError",
     "KnownHosts",
+    "MqttPinPolicy",
     "NonePolicy",
     "PinPolicy",
     "ServerKeys",

@@ -187,17 +187,46 @@ class PinPolicy(TrustPolicy):
         )
 
 
-def parse_trust(spec: str, host_port: str, known_hosts: Path) -> TrustPolicy:
-    """The policy named by ``--trust``: tofu, none, pin:SHA256HEX or pin:FILE."""
+class MqttPinPolicy(PinPolicy):
+    """``--trust mqtt``: a pin whose SHA-256 the client reads from the broker before connecting.
+
+    The broker is the authority here: whoever may write the server's ``fingerprint``
+    topic decides which key this client accepts (PROTOCOL.md §8).
+    """
+
+    name = "mqtt"
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def pin(self, sha256: str, source: str) -> None:
+        """Pin the fingerprint read from ``source`` (the broker and topic), and say what that is worth."""
+        self.sha256, self.source = sha256.lower(), source
+        self.notes.append(
+            f"pinned server key {long_fingerprint(self.sha256)} read from {source}: this is only"
+            " as trustworthy as the broker's write permissions on that topic"
+        )
+
+    def decide(self, identity: ServerIdentity) -> TrustVerdict:
+        """Refuse everything until ``pin`` ran; then exactly the pinned key."""
+        if not self.sha256:
+            return TrustVerdict(False, "trust mqtt: no fingerprint was read from the broker")
+        return super().decide(identity)
+
+
+def parse_trust(spec: str, host_port: str, known_hosts: Path, *, mqtt: bool = False) -> TrustPolicy:
+    """The policy named by ``--trust``: tofu, none, pin:SHA256HEX, pin:FILE (mqtt with a broker)."""
     spec = spec.strip()
     if spec == "tofu":
         return TofuPolicy(host_port, known_hosts)
     if spec == "none":
         return NonePolicy()
     if spec == "mqtt":
+        if mqtt:
+            return MqttPinPolicy()
         raise ValueError(
-            "trust 'mqtt' needs the MQTT out-of-band channel, which is not available yet;"
-            f" use {TRUST_SPECS}"
+            "trust 'mqtt' needs the MQTT out-of-band channel: add --oob mqtt://HOST:PORT,"
+            f" or use {TRUST_SPECS}"
         )
     if spec.startswith("pin:"):
         return _parse_pin(spec[4:])

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 from amqtt.broker import Broker  # type: ignore[import-untyped]
 from amqtt.errors import BrokerError  # type: ignore[import-untyped]
@@ -34,7 +36,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _SnapshotDict(dict[str, Any]):
+    """A dict whose iteration walks a copy.
+
+    amqtt walks its subscription table across awaits (replaying retained messages to a
+    client that connects, broadcasting a message); a client subscribing to a new topic
+    meanwhile raised "dictionary changed size during iteration" and killed the other
+    client's session. Two peers comparing their SAS connect and subscribe at the same
+    moment, so this happened in practice.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().__iter__()))
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        """A copy of the items."""
+        return list(super().items())
+
+
 class _Broker(Broker):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _SnapshotDict(self._subscriptions)  # type: ignore[has-type]
+
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:

@@ -12,7 +12,22 @@ from typing import Annotated
 import typer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cli.common import describe_error, fail, parse_kex_list, parse_psk
+from capture.tap import CaptureFileError, close_pcap, open_pcap
+from cli.common import (
+    CaOption,
+    OptionalOobOption,
+    PasswordFileOption,
+    ServerIdOption,
+    UsernameOption,
+    VerifySasOption,
+    default_server_id,
+    describe_error,
+    fail,
+    mqtt_options_need_oob,
+    mqtt_settings,
+    parse_kex_list,
+    parse_psk,
+)
 from cli.output import ServerLog
 from keystore import (
     KeyFileError,
@@ -21,10 +36,13 @@ from keystore import (
     fingerprint,
     load_private_key,
 )
+from oob import DEFAULT_PSK_WAIT, OobError
+from oob.payloads import psk_filter
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT, KEX_NAMES, Kex
 from protocol.kex import ServerPrivateKey
 
 from .apps import APPS
+from .oob import ServerOob
 from .server import DEFAULT_MAX_CONNECTIONS, KexlabServer, ServerOptions
 
 LOG_FORMATS = ("text", "json")
@@ -96,6 +114,21 @@ def server(
             help="A pre-shared key handed over out of band (repeatable).",
         ),
     ] = None,
+    oob: OptionalOobOption = None,
+    server_id: ServerIdOption = None,
+    psk_wait: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help=f"With --oob: seconds to wait for the key of a PSK identity the server does"
+            f" not know yet before answering unknown_psk_identity. Default: {DEFAULT_PSK_WAIT:g}.",
+            show_default=False,
+        ),
+    ] = None,
+    verify_sas: VerifySasOption = None,
+    mqtt_username: UsernameOption = None,
+    mqtt_password_file: PasswordFileOption = None,
+    mqtt_ca: CaOption = None,
     app: Annotated[
         str,
         typer.Option(
@@ -114,6 +147,14 @@ def server(
             metavar="FILE",
             envvar="KEXLAB_KEYLOGFILE",
             help="Append each connection's traffic secrets (NSS key log style) to FILE.",
+        ),
+    ] = None,
+    pcap: Annotated[
+        Path | None,
+        typer.Option(
+            "--pcap",
+            metavar="FILE",
+            help="Write what crosses every connection to FILE as a pcap (no root needed).",
         ),
     ] = None,
     explain: Annotated[
@@ -145,6 +186,16 @@ def server(
         raise typer.BadParameter(
             "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
         )
+    mqtt = _mqtt(
+        oob,
+        server_id,
+        psk_wait,
+        verify_sas,
+        mqtt_username,
+        mqtt_password_file,
+        mqtt_ca,
+        handshake_timeout,
+    )
     methods = parse_kex_list(kex)
     log = ServerLog(log_format, explain=explain, show_secrets=show_secrets)
     try:
@@ -160,9 +211,62 @@ def server(
     options.handshake_timeout = handshake_timeout
     options.idle_timeout = idle_timeout
     try:
-        asyncio.run(_serve(options, log))
+        options.pcap = open_pcap(pcap) if pcap is not None else None
+    except CaptureFileError as exc:
+        fail(str(exc))
+    if pcap is not None:
+        log.emit("capture", path=str(pcap))
+    try:
+        asyncio.run(_serve(options, log, mqtt))
     except (ValueError, OSError) as exc:
         fail(describe_error(exc))
+    finally:
+        if options.pcap is not None and pcap is not None:
+            try:
+                close_pcap(options.pcap, pcap)  # after shutdown: every flow has its FINs
+            except CaptureFileError as exc:
+                fail(str(exc))
+
+
+def _mqtt(
+    oob: str | None,
+    server_id: str | None,
+    psk_wait: float | None,
+    verify_sas: str | None,
+    username: str | None,
+    password_file: Path | None,
+    ca_file: Path | None,
+    handshake_timeout: float,
+) -> ServerOob | None:
+    """The out-of-band options checked (usage errors first); None without --oob."""
+    mqtt_options_need_oob(
+        oob,
+        username=username,
+        password_file=password_file,
+        ca_file=ca_file,
+        server_id=server_id,
+        verify_sas=verify_sas,
+    )
+    if oob is None:
+        if psk_wait is not None:
+            raise typer.BadParameter(
+                "needs the MQTT out-of-band channel: add --oob mqtt://HOST:PORT",
+                param_hint="'--psk-wait'",
+            )
+        return None
+    wait = DEFAULT_PSK_WAIT if psk_wait is None else psk_wait
+    if wait >= handshake_timeout:
+        # The client would be cut by the handshake timeout before the wait could end.
+        raise typer.BadParameter(
+            f"must be shorter than --handshake-timeout ({handshake_timeout:g} s)",
+            param_hint="'--psk-wait'",
+        )
+    sid = default_server_id(server_id)
+    try:
+        settings = mqtt_settings(oob, username, password_file, ca_file)
+    except OobError as exc:
+        fail(str(exc))
+    return ServerOob(settings, sid, psk_wait=wait, verify_sas=verify_sas is not None)
 
 
 def _options(
@@ -203,8 +307,10 @@ def _options(
     )
 
 
-async def _serve(options: ServerOptions, log: ServerLog) -> None:
+async def _serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None = None) -> None:
     """Listen until SIGINT or SIGTERM, then close every session with close_notify."""
+    if mqtt is not None:
+        mqtt.attach(options)
     srv = KexlabServer(options, log)
     host, port = await srv.start()
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -217,6 +323,8 @@ async def _serve(options: ServerOptions, log: ServerLog) -> None:
         anonymous=Kex.DHE in options.kex_methods and options.sign_key is None,
         psk_identities=",".join(sorted(options.psks)) or "-",
     )
+    if mqtt is not None:
+        _announce(mqtt, options, shown, log)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = []
@@ -230,4 +338,20 @@ async def _serve(options: ServerOptions, log: ServerLog) -> None:
         for sig in handled:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+        if mqtt is not None:
+            await mqtt.stop()
     log.emit("stopped", connections_closed=len(srv.streams) == 0)
+
+
+def _announce(mqtt: ServerOob, options: ServerOptions, address: str, log: ServerLog) -> None:
+    """Start the out-of-band channel and say what it does."""
+    announced = mqtt.start(options, address, log)
+    log.emit(
+        "mqtt",
+        broker=mqtt.settings.describe(),
+        server_id=mqtt.server_id,
+        subscribe=psk_filter(mqtt.server_id),
+        fingerprint=f"{announced[0]}:{announced[1]}" if announced else "-",
+        psk_wait=mqtt.psk_wait,
+        verify_sas=mqtt.verify_sas,
+    )

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from capture.pcap import PcapWriter
+from capture.tap import PcapTap
 from protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PORT,
@@ -32,7 +35,7 @@ from protocol import (
     ServerConnection,
 )
 from protocol.kex import ServerPrivateKey, available_groups
-from transport import ConnectionLost, KxpStream, PeerAlert
+from transport import ConnectionLost, KxpStream, PeerAlert, PskProvider
 from transport.keylog import append_keylog
 
 from .apps import APPS, App, Session
@@ -42,6 +45,9 @@ DEFAULT_MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 1024
 SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to answer its close_notify when it stops."""
+
+SasCheck = Callable[[HandshakeComplete], Awaitable[str | None]]
+"""Compare a session's SAS with the client's out of band: None if they match, else why not."""
 
 
 @dataclass
@@ -58,6 +64,12 @@ class ServerOptions:
     sign_key: ServerPrivateKey | None = None
     """dhe identity key; None serves dhe anonymously."""
     psks: dict[str, bytes] = field(default_factory=dict)
+    psk_lookup: Callable[[str], bytes | None] | None = None
+    """Keys handed over out of band (the MQTT channel's table), asked after ``psks``."""
+    psk_provider: PskProvider | None = None
+    """Waits a bounded time for an identity nobody knows yet (``--psk-wait``)."""
+    sas_check: SasCheck | None = None
+    """Run after each handshake, before the app (``--verify-sas mqtt``)."""
     app: str = "echo"
     inbox: Path = Path("inbox")
     keylog: Path | None = None
@@ -65,6 +77,8 @@ class ServerOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     idle_timeout: float | None = None
+    pcap: PcapWriter | None = None
+    """Where every connection's bytes are recorded (``--pcap``); the caller closes it."""
 
 
 class ServerObserver:
@@ -92,7 +106,7 @@ class KexlabServer:
             groups=options.groups,
             rsa_key=options.rsa_key,
             sign_key=options.sign_key,
-            psk_lookup=options.psks.get,
+            psk_lookup=self._lookup_psk,
             trace=options.explain,
         )
         self.config.validate()  # ValueError: a configuration that cannot serve what it enables
@@ -162,9 +176,15 @@ class KexlabServer:
         stream = KxpStream(conn, reader, writer)
         peer = stream.peer
         stream.on_event = lambda ev: self._on_event(peer, ev)
+        stream.psk_provider = self.options.psk_provider
+        tap = self._tap(writer, peer)
+        if tap is not None:
+            stream.on_bytes = tap.on_bytes
         if len(self.streams) >= self.options.max_connections:
             stream.abort(AlertCode.HANDSHAKE_FAILURE, "server busy: too many connections")
             self._log("refused", peer, reason="max connections reached")
+            if tap is not None:
+                tap.close()
             await stream.wait_closed()
             return
         self.streams.add(stream)
@@ -183,6 +203,8 @@ class KexlabServer:
             raise
         finally:
             self.streams.discard(stream)
+            if tap is not None:
+                tap.close()  # no byte crosses after this: the session is over
             await stream.wait_closed()
 
     async def _session(self, stream: KxpStream, peer: str) -> None:
@@ -195,10 +217,40 @@ class KexlabServer:
             except OSError as exc:
                 self._log("keylog-error", peer, reason=str(exc))
         self.observer.handshake(peer, hc, ms)
+        if self.options.sas_check is not None:
+            await self._check_sas(stream, peer, hc)
         name = hc.psk_identity or peer
         session = Session(stream, name, self.inbox, lambda ev, **kw: self._log(ev, peer, **kw))
         await self.app.run(session)
         self._log("closed", peer)
+
+    def _tap(self, writer: asyncio.StreamWriter, peer: str) -> PcapTap | None:
+        """This connection's flow in the ``--pcap`` file (the client sent the SYN)."""
+        if self.options.pcap is None or self.options.pcap.closed:
+            return None
+        return PcapTap(
+            self.options.pcap,
+            writer.get_extra_info("sockname"),
+            writer.get_extra_info("peername"),
+            initiated_by_local=False,
+            on_error=lambda reason: self._log("pcap-error", peer, reason=reason),
+        )
+
+    async def _check_sas(self, stream: KxpStream, peer: str, hc: HandshakeComplete) -> None:
+        """Hold the app until the client's SAS matched ours; abort the connection if not."""
+        assert self.options.sas_check is not None
+        reason = await self.options.sas_check(hc)
+        if reason is not None:
+            # The handshake itself succeeded, but nobody can vouch for the key it produced.
+            raise stream.abort(AlertCode.HANDSHAKE_FAILURE, reason)
+        self._log("sas-verified", peer, sas=hc.sas_display)
+
+    def _lookup_psk(self, identity: str) -> bytes | None:
+        """``--psk`` keys first, then keys received out of band."""
+        key = self.options.psks.get(identity)
+        if key is None and self.options.psk_lookup is not None:
+            key = self.options.psk_lookup(identity)
+        return key
 
     def _on_event(self, peer: str, event: Event) -> None:
         if isinstance(event, FrameTraced):

@@ -348,15 +348,15 @@ class TcpdumpRun:
 
 
 @contextlib.contextmanager
-def tcpdump(path: Path, port: int) -> Iterator[TcpdumpRun]:
-    """Capture ``tcp port PORT`` on lo into ``path`` while the block runs; stop with SIGINT."""
+def tcpdump(path: Path, port: int, *more_ports: int) -> Iterator[TcpdumpRun]:
+    """Capture ``tcp port PORT`` (and ``more_ports``) on lo into ``path`` while the block runs."""
     assert TCPDUMP is not None
     # A large buffer: loopback packets are up to 64 KiB, and the default 2 MiB ring fills
     # up (kernel drops) when a busy machine schedules tcpdump late.
     args = [TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-n", "-B", "65536", "-w", str(path)]
     if os.geteuid() == 0:
         args[1:1] = ["-Z", "root"]  # keep root so the file can go anywhere root may write
-    args.append(f"tcp port {port}")
+    args.append(" or ".join(f"tcp port {p}" for p in (port, *more_ports)))
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     run = TcpdumpRun()

@@ -1,0 +1,141 @@
+"""The client's side of the out-of-band channel (PROTOCOL.md §8).
+
+Before connecting: hand the server a fresh PSK (``--kex psk --oob``) and/or read and pin
+its announced fingerprint (``--trust mqtt``). After the handshake: compare the full SAS
+with the server's (``--verify-sas mqtt``). Every failure is one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cli.common import SAS_MISMATCH, default_server_id, mqtt_options_need_oob, mqtt_settings
+from keystore import MqttPinPolicy, TrustPolicy
+from oob import (
+    CONNECT_TIMEOUT,
+    DEFAULT_SAS_TIMEOUT,
+    Fingerprint,
+    MqttSettings,
+    OobError,
+    PskPublication,
+    exchange_sas,
+    fetch_fingerprint,
+    fingerprint_topic,
+    generate_identity,
+    generate_psk,
+    publish_psk,
+    unknown_psk_message,
+)
+from protocol import AlertCode
+from transport import EventHook, PeerAlert
+
+from .session import ClientOptions, ClientSession
+
+
+class OobDeliveryError(OobError):
+    """The server did not know the PSK the client published (the broker may have dropped it)."""
+
+
+@dataclass
+class ClientOob:
+    """``--oob``, ``--server-id`` and ``--verify-sas mqtt`` of one client run."""
+
+    settings: MqttSettings
+    server_id: str
+    verify_sas: bool = False
+    publish_psk: bool = False
+    """Generate a PSK and publish it before connecting (``--kex psk`` without ``--psk``)."""
+    sas_timeout: float = DEFAULT_SAS_TIMEOUT
+    timeout: float = CONNECT_TIMEOUT
+    publication: PskPublication | None = field(default=None, init=False)
+
+    def new_psk(self, options: ClientOptions) -> None:
+        """32 fresh random bytes and a fresh identity, into ``options`` (published later)."""
+        options.psk_identity, options.psk = generate_identity(), generate_psk()
+
+    async def before_connect(self, options: ClientOptions, policy: TrustPolicy | None) -> list[str]:
+        """Publish the PSK and/or pin the announced key; the lines to show the user."""
+        notes = []
+        if self.publish_psk:
+            self.publication = await publish_psk(
+                self.settings,
+                self.server_id,
+                options.psk_identity,
+                options.psk,
+                timeout=self.timeout,
+            )
+            # Only what is known: the broker took it, not that the server got it.
+            notes.append(self.publication.summary())
+        if isinstance(policy, MqttPinPolicy):
+            announced = await self.fingerprint()
+            policy.pin(
+                announced.key_sha256, f"{self.settings.url} {fingerprint_topic(self.server_id)}"
+            )
+        return notes
+
+    async def fingerprint(self) -> Fingerprint:
+        """The server's retained announcement."""
+        return await fetch_fingerprint(self.settings, self.server_id, self.timeout)
+
+    async def open(self, options: ClientOptions, on_event: EventHook | None) -> ClientSession:
+        """``ClientSession.open``, with unknown_psk_identity explained after a publish."""
+        try:
+            return await ClientSession.open(options, on_event=on_event)
+        except PeerAlert as exc:
+            if self.publication is None or exc.code != AlertCode.UNKNOWN_PSK_IDENTITY:
+                raise
+            message = unknown_psk_message(options.psk_identity, self.settings, self.server_id)
+            raise OobDeliveryError(
+                f"{message} (server sent alert {exc.name} ({exc.code}))"
+            ) from None
+
+    async def check_sas(self, session: ClientSession) -> str:
+        """Compare the SAS with the server's; the line to print on a match.
+
+        On a mismatch, or when no comparison could be made, the connection is aborted
+        (handshake_failure) and the ``ProtocolError`` saying why is raised.
+        """
+        hc = session.handshake
+        try:
+            same = await exchange_sas(
+                self.settings, self.server_id, hc.client_random, "client", hc.sas, self.sas_timeout
+            )
+        except OobError as exc:
+            reason = f"SAS not compared: {exc}"
+            raise session.stream.abort(AlertCode.HANDSHAKE_FAILURE, reason) from None
+        if not same:
+            raise session.stream.abort(AlertCode.HANDSHAKE_FAILURE, SAS_MISMATCH)
+        return (
+            f"SAS verified over MQTT: the server computed the same SAS, all {len(hc.sas) * 8}"
+            f" bits ({hc.sas_display} …)"
+        )
+
+
+def client_oob(
+    oob: str | None,
+    server_id: str | None,
+    verify_sas: str | None,
+    username: str | None,
+    password_file: Path | None,
+    ca_file: Path | None,
+    *,
+    publish_psk: bool,
+) -> ClientOob | None:
+    """The client's MQTT options checked (usage errors) and read (``OobError``); None without --oob."""
+    mqtt_options_need_oob(
+        oob,
+        username=username,
+        password_file=password_file,
+        ca_file=ca_file,
+        server_id=server_id,
+        verify_sas=verify_sas,
+    )
+    if oob is None:
+        return None
+    return ClientOob(
+        mqtt_settings(oob, username, password_file, ca_file),
+        default_server_id(server_id),
+        verify_sas=verify_sas is not None,
+        publish_psk=publish_psk,
+    )
