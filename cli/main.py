@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli.bench import bench
 from cli.common import KexlabGroup
 from cli.decrypt import decrypt
 from cli.demo import demo
@@ -25,6 +26,7 @@ app.command("server")(server)
 app.command("client")(client)
 app.command("demo")(demo)
 app.command("decrypt")(decrypt)
+app.command("bench")(bench)
 app.command("broker")(broker)
 
 psk_app = typer.Typer(help="Hand PSKs over out of band.", no_args_is_help=True)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .alerts import AlertCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from .constants import MAX_CONTENT, ContentType, FrameType
+from .constants import HEADER_LEN, MAX_CONTENT, ContentType, FrameType
 from .events import (
     AlertReceived,
     ConnectionClosed,
@@ -55,6 +55,16 @@ class State(enum.Enum):
 
 Handler = Callable[[Frame], None]
 
+# Module constants: an enum member looked up on its class costs a descriptor call in 3.11,
+# and these are read once or more per record.
+_OVER = (State.CLOSED, State.ERROR)
+_CONNECTED = State.CONNECTED
+_RECORD = FrameType.RECORD
+_APPLICATION_DATA = ContentType.APPLICATION_DATA
+_KEY_UPDATE = ContentType.KEY_UPDATE
+# (class, state, record seen) -> allowed frame types: the handler table is fixed per class.
+_EXPECTED: dict[type, dict[tuple[State, bool], frozenset[FrameType]]] = {}
+
 
 class Connection:
     """State, framing, records, alerts and close shared by ``ClientConnection`` and ``ServerConnection``."""
@@ -67,10 +77,12 @@ class Connection:
         self._threshold = key_update_threshold
         self._trace = trace
         self._decoder = FrameDecoder()
-        self._out = bytearray()
+        self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._pending_error: ProtocolError | None = None
         self._handlers: dict[tuple[State, FrameType], Handler] = {}
+        self._expected_for: tuple[State | None, bool] = (None, False)
+        self._expected_types: frozenset[FrameType] = frozenset()
         self._schedule: KeySchedule | None = None
         self._transcript: TranscriptHash | None = None
         self._sender: RecordSender | None = None
@@ -109,38 +121,50 @@ class Connection:
             if self._pending_error is not None:
                 err, self._pending_error = self._pending_error, None
                 raise err
-            if self.state in (State.CLOSED, State.ERROR):
+            if self.state in _OVER:
                 return None
             try:
-                frame = self._decoder.next_frame(self._expected())
-            except ProtocolError as exc:
-                self._fail(exc)
-                continue
-            if frame is None:
-                if self._eof:
-                    self._peer_vanished()
-                    continue
-                return None
-            try:
-                self._dispatch(frame)
+                expected = (
+                    self._expected_types
+                    if self.state is self._expected_for[0]
+                    and self._record_seen is self._expected_for[1]
+                    else self._expected()
+                )
+                got = self._decoder.next_view(expected)
+                if got is None:
+                    if self._eof:
+                        self._peer_vanished()
+                        continue
+                    return None
+                frame_type, view = got
+                if frame_type is _RECORD:
+                    self._on_record(view)
+                else:
+                    self._dispatch(Frame(frame_type, bytes(view[HEADER_LEN:])))
             except ProtocolError as exc:
                 self._fail(exc)
         return self._events.popleft()
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now (and forget)."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        out = self._out
+        if not out:
+            return b""
+        # One chunk (the common case of one record per write) goes out without a copy.
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
 
     def send_data(self, data: bytes) -> None:
         """Send application data as records of at most 65536 bytes each."""
-        self._require_connected("send data")
-        view = memoryview(data)
-        for start in range(0, max(len(data), 1), MAX_CONTENT):
-            self._send_record(
-                ContentType.APPLICATION_DATA, bytes(view[start : start + MAX_CONTENT])
-            )
+        if self.state is not _CONNECTED or self._close_sent:
+            self._require_connected("send data")
+        if len(data) <= MAX_CONTENT:
+            self._send_record(_APPLICATION_DATA, data)
+            return
+        with memoryview(data) as view:
+            for start in range(0, len(data), MAX_CONTENT):
+                self._send_record(_APPLICATION_DATA, view[start : start + MAX_CONTENT])
 
     def send_key_update(self, request_update: bool = False) -> None:
         """Switch our sending key; with ``request_update`` ask the peer to switch too (§6)."""
@@ -178,21 +202,23 @@ class Connection:
         frame = encode_frame(frame_type, payload)
         if self._transcript is not None:
             self._transcript.update(frame)
-        self._out += frame
+        self._out.append(frame)
         if self._trace:
             self._events.append(FrameTraced("sent", frame))
         return frame
 
-    def _send_record(self, content_type: ContentType, content: bytes) -> None:
+    def _send_record(self, content_type: ContentType, content: bytes | memoryview) -> None:
         sender = self._sender
         assert sender is not None
-        if content_type is not ContentType.KEY_UPDATE and sender.needs_update:
+        if sender.seq >= sender.threshold - 1 and content_type is not _KEY_UPDATE:
             self._send_key_update(False)  # §6: update before 2^24 records with one key
+        if not self._trace:
+            self._out.append(sender.seal(content_type, content))
+            return
         epoch, seq = sender.epoch, sender.seq
         frame = sender.seal(content_type, content)
-        self._out += frame
-        if self._trace:
-            self._events.append(FrameTraced("sent", frame, epoch, seq, content_type, content))
+        self._out.append(frame)
+        self._events.append(FrameTraced("sent", frame, epoch, seq, content_type, bytes(content)))
 
     def _send_key_update(self, request_update: bool) -> None:
         self._send_record(ContentType.KEY_UPDATE, b"\x01" if request_update else b"\x00")
@@ -205,25 +231,32 @@ class Connection:
             self._send_record(ContentType.ALERT, payload)
         else:
             frame = encode_frame(FrameType.ALERT, payload)
-            self._out += frame
+            self._out.append(frame)
             if self._trace:
                 self._events.append(FrameTraced("sent", frame))
 
     # ------------------------------------------------------------------ frames in
 
-    def _expected(self) -> set[FrameType]:
-        allowed = {ft for (st, ft) in self._handlers if st is self.state}
-        if self.state is State.CONNECTED:
-            allowed.add(FrameType.RECORD)
-        # §4: plaintext ALERT is accepted until the peer's first RECORD arrives.
-        if not self._record_seen:
-            allowed.add(FrameType.ALERT)
+    def _expected(self) -> frozenset[FrameType]:
+        # Looked up when the state or _record_seen changes, not built once per frame.
+        if self.state is self._expected_for[0] and self._record_seen is self._expected_for[1]:
+            return self._expected_types
+        key = (self.state, self._record_seen)
+        table = _EXPECTED.setdefault(type(self), {})
+        allowed = table.get(key)
+        if allowed is None:
+            types = {ft for (st, ft) in self._handlers if st is self.state}
+            if self.state is State.CONNECTED:
+                types.add(FrameType.RECORD)
+            # §4: plaintext ALERT is accepted until the peer's first RECORD arrives.
+            if not self._record_seen:
+                types.add(FrameType.ALERT)
+            allowed = table[key] = frozenset(types)
+        self._expected_for = key
+        self._expected_types = allowed
         return allowed
 
     def _dispatch(self, frame: Frame) -> None:
-        if frame.type is FrameType.RECORD:
-            self._on_record(frame)
-            return
         if self._trace:
             self._events.append(FrameTraced("received", frame.encode()))
         if frame.type is FrameType.ALERT:
@@ -236,22 +269,22 @@ class Connection:
             self._transcript.update(frame.encode())
         self._handlers[(self.state, frame.type)](frame)
 
-    def _on_record(self, frame: Frame) -> None:
+    def _on_record(self, frame: memoryview) -> None:
         receiver = self._receiver
         assert receiver is not None
         epoch = receiver.epoch
-        content_type, content = receiver.open(frame.payload)
+        content_type, content = receiver.open_frame(frame)
         self._record_seen = True
         if self._trace:
             self._events.append(
                 FrameTraced(
-                    "received", frame.encode(), epoch, receiver.seq - 1, content_type, content
+                    "received", bytes(frame), epoch, receiver.seq - 1, content_type, content
                 )
             )
-        if content_type is ContentType.APPLICATION_DATA:
+        if content_type is _APPLICATION_DATA:
             if not self._close_received:
                 self._events.append(DataReceived(content))
-        elif content_type is ContentType.KEY_UPDATE:
+        elif content_type is _KEY_UPDATE:
             self._on_key_update(content)
         else:
             self._on_alert(Alert.decode(content))
@@ -294,7 +327,7 @@ class Connection:
     # ------------------------------------------------------------------ errors
 
     def _require_connected(self, what: str) -> None:
-        if self.state is not State.CONNECTED or self._close_sent:
+        if self.state is not _CONNECTED or self._close_sent:
             raise LocalProtocolError(
                 AlertCode.INTERNAL_ERROR, f"cannot {what} in state {self.state.value}"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Container
 from dataclasses import dataclass
 
@@ -38,9 +39,14 @@ def max_payload(frame_type: FrameType) -> int:
     return MAX_RECORD_PAYLOAD if frame_type is FrameType.RECORD else MAX_HANDSHAKE_PAYLOAD
 
 
+_HEADER = struct.Struct(">2sBBI")
+_TYPES: dict[int, FrameType] = {int(t): t for t in FrameType}
+_LIMITS: dict[FrameType, int] = {t: max_payload(t) for t in FrameType}
+
+
 def frame_header(frame_type: int, length: int) -> bytes:
     """'K' 'X' ver type length(u32)."""
-    return MAGIC + bytes((VERSION, frame_type)) + length.to_bytes(4, "big")
+    return _HEADER.pack(MAGIC, VERSION, frame_type, length)
 
 
 def encode_frame(frame_type: FrameType, payload: bytes) -> bytes:
@@ -54,21 +60,26 @@ def check_header(
     header: bytes, expected: Container[FrameType] | None = None
 ) -> tuple[FrameType, int]:
     """Apply §1 checks 1-5 in order to an 8-byte header; return (type, length)."""
-    if header[0:2] != MAGIC:
-        raise RemoteProtocolError(AlertCode.DECODE_ERROR, f"bad magic {header[0:2].hex()}")
-    if header[2] != VERSION:
-        raise RemoteProtocolError(AlertCode.PROTOCOL_VERSION, f"unsupported version {header[2]}")
-    try:
-        frame_type = FrameType(header[3])
-    except ValueError:
+    return _check_header_at(header, 0, expected)
+
+
+def _check_header_at(
+    data: bytes | bytearray, pos: int, expected: Container[FrameType] | None
+) -> tuple[FrameType, int]:
+    magic, version, type_code, length = _HEADER.unpack_from(data, pos)
+    if magic != MAGIC:
+        raise RemoteProtocolError(AlertCode.DECODE_ERROR, f"bad magic {magic.hex()}")
+    if version != VERSION:
+        raise RemoteProtocolError(AlertCode.PROTOCOL_VERSION, f"unsupported version {version}")
+    frame_type = _TYPES.get(type_code)
+    if frame_type is None:
         raise RemoteProtocolError(
-            AlertCode.UNEXPECTED_MESSAGE, f"unknown frame type 0x{header[3]:02x}"
-        ) from None
-    length = int.from_bytes(header[4:8], "big")
-    if length > max_payload(frame_type):
+            AlertCode.UNEXPECTED_MESSAGE, f"unknown frame type 0x{type_code:02x}"
+        )
+    if length > _LIMITS[frame_type]:
         raise RemoteProtocolError(
             AlertCode.RECORD_OVERFLOW,
-            f"{frame_type.name} length {length} exceeds {max_payload(frame_type)}",
+            f"{frame_type.name} length {length} exceeds {_LIMITS[frame_type]}",
         )
     if expected is not None and frame_type not in expected:
         raise RemoteProtocolError(
@@ -83,16 +94,31 @@ class FrameDecoder:
     The header is checked (``check_header``) as soon as its 8 bytes are in, before
     any payload byte is looked at, so a hostile length never makes us buffer more
     than one maximum-size frame.
+
+    Frames are cut straight out of the chunk they arrived in (no copy into a
+    buffer, no delete from its front); only a frame that straddles two chunks is
+    assembled in ``_carry``, and only up to its own end.
     """
 
+    __slots__ = ("_carry", "_data", "_eof", "_pending", "_pos")
+
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._data: bytes = b""
+        self._pos = 0
+        self._carry = bytearray()
         self._pending: tuple[FrameType, int] | None = None
         self._eof = False
 
     def feed(self, data: bytes) -> None:
         """Add received bytes."""
-        self._buf += data
+        if not data:
+            return
+        if self._pos < len(self._data):
+            # The unread tail is the start of a frame: it waits in _carry.
+            self._carry += memoryview(self._data)[self._pos :]
+        # Kept by reference, so it must be immutable: a caller may reuse its buffer.
+        self._data = data if type(data) is bytes else bytes(data)
+        self._pos = 0
 
     def feed_eof(self) -> None:
         """The peer closed its side of the stream."""
@@ -101,7 +127,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held and not yet returned as a frame."""
-        return len(self._buf)
+        return len(self._carry) + len(self._data) - self._pos
 
     def next_frame(self, expected: Container[FrameType] | None = None) -> Frame | None:
         """The next complete frame, or None for "need more data".
@@ -109,24 +135,72 @@ class FrameDecoder:
         ``expected`` is the set of types the caller's state allows (§1 check 5);
         None allows every type (a passive observer).
         """
+        got = self.next_view(expected)
+        if got is None:
+            return None
+        frame_type, view = got
+        with view:
+            return Frame(frame_type, bytes(view[HEADER_LEN:]))
+
+    def next_view(
+        self, expected: Container[FrameType] | None = None
+    ) -> tuple[FrameType, memoryview] | None:
+        """Like ``next_frame``, but the whole frame (header included) as a read-only view.
+
+        The view is over bytes the decoder never writes again: it stays valid, and the
+        caller copies only what it keeps (the record path decrypts straight from it).
+        """
+        if self._carry:
+            return self._next_from_carry(expected)
+        data, pos = self._data, self._pos
         if self._pending is None:
-            if len(self._buf) < HEADER_LEN:
+            if len(data) - pos < HEADER_LEN:
+                if self._eof:
+                    self._check_eof()
+                return None
+            self._pending = _check_header_at(data, pos, expected)
+        frame_type, length = self._pending
+        end = pos + HEADER_LEN + length
+        if end > len(data):
+            if self._eof:
+                self._check_eof()
+            return None
+        if end == len(data):  # drop a spent chunk: an idle connection keeps no read buffer
+            self._data, self._pos = b"", 0
+        else:
+            self._pos = end
+        self._pending = None
+        return frame_type, memoryview(data)[pos:end]
+
+    def _next_from_carry(
+        self, expected: Container[FrameType] | None
+    ) -> tuple[FrameType, memoryview] | None:
+        carry = self._carry
+        if self._pending is None:
+            self._take(HEADER_LEN - len(carry))
+            if len(carry) < HEADER_LEN:
                 self._check_eof()
                 return None
-            self._pending = check_header(bytes(self._buf[:HEADER_LEN]), expected)
+            self._pending = _check_header_at(carry, 0, expected)
         frame_type, length = self._pending
-        end = HEADER_LEN + length
-        if len(self._buf) < end:
+        self._take(HEADER_LEN + length - len(carry))
+        if len(carry) < HEADER_LEN + length:
             self._check_eof()
             return None
-        payload = bytes(self._buf[HEADER_LEN:end])
-        del self._buf[:end]
+        self._carry = bytearray()  # a fresh one: the old one is never written again
         self._pending = None
-        return Frame(frame_type, payload)
+        return frame_type, memoryview(carry).toreadonly()
+
+    def _take(self, n: int) -> None:
+        """Move up to ``n`` bytes of the current chunk into ``_carry``."""
+        if n > 0 and self._pos < len(self._data):
+            end = min(self._pos + n, len(self._data))
+            self._carry += memoryview(self._data)[self._pos : end]
+            self._pos = end
 
     def _check_eof(self) -> None:
         # §1: end of stream inside a frame is decode_error.
-        if self._eof and self._buf:
+        if self._eof and self.buffered:
             raise RemoteProtocolError(
-                AlertCode.DECODE_ERROR, f"connection closed inside a frame ({len(self._buf)} bytes)"
+                AlertCode.DECODE_ERROR, f"connection closed inside a frame ({self.buffered} bytes)"
             )

@@ -7,20 +7,35 @@ They know nothing of handshakes, so a passive decryptor (key log + capture) uses
 
 from __future__ import annotations
 
+import struct
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .alerts import AlertCode, RemoteProtocolError
 from .constants import (
+    HEADER_LEN,
     KEY_UPDATE_THRESHOLD,
+    MAGIC,
     MIN_RECORD_PAYLOAD,
     SEQ_LEN,
     TAG_LEN,
+    VERSION,
     ContentType,
     FrameType,
 )
 from .frames import frame_header
 from .keyschedule import KeySchedule
+
+# The AAD is the frame's first 16 bytes: 'K' 'X' ver type length(u32) || seq(u64).
+_AAD = struct.Struct(">2sBBIQ")
+_SEQ = struct.Struct(">Q")
+_CONTENT_TYPES: dict[int, ContentType] = {int(c): c for c in ContentType}
+_TYPE_BYTE: dict[int, bytes] = {c: bytes((c,)) for c in ContentType}
+_OVERHEAD = SEQ_LEN + 1 + TAG_LEN
+_MIN_FRAME = HEADER_LEN + MIN_RECORD_PAYLOAD
+_CT_START = HEADER_LEN + SEQ_LEN
+_RECORD = FrameType.RECORD
 
 
 class _Direction:
@@ -43,10 +58,6 @@ class _Direction:
         """Switch to the next traffic secret (§5 "traffic upd") and restart seq at 0."""
         self._install(self._schedule.next_secret(self.secret))
 
-    def _nonce(self, seq: int) -> bytes:
-        # nonce = iv XOR (4 zero bytes || u64 seq)
-        return (self._iv ^ seq).to_bytes(12, "big")
-
 
 class RecordSender(_Direction):
     """Seals records in one direction."""
@@ -62,18 +73,18 @@ class RecordSender(_Direction):
         """True when only one record is left under this key (§6: update before 2^24)."""
         return self.seq >= self.threshold - 1
 
-    def seal(self, content_type: ContentType, content: bytes) -> bytes:
+    def seal(self, content_type: ContentType, content: bytes | memoryview) -> bytes:
         """A whole RECORD frame carrying ``content_type || content``."""
         seq = self.seq
         if seq >= self.threshold:  # checked before the nonce is used, never after
             raise RuntimeError("record sequence exhausted without a key update")
-        seq_bytes = seq.to_bytes(SEQ_LEN, "big")
-        header = frame_header(FrameType.RECORD, SEQ_LEN + 1 + len(content) + TAG_LEN)
-        sealed = self._aead.encrypt(
-            self._nonce(seq), bytes((content_type,)) + content, header + seq_bytes
-        )
+        aad = _AAD.pack(MAGIC, VERSION, _RECORD, _OVERHEAD + len(content), seq)
+        # nonce = iv XOR (4 zero bytes || u64 seq)
+        nonce = (self._iv ^ seq).to_bytes(12, "big")
+        prefix = _TYPE_BYTE.get(content_type) or bytes((content_type,))  # tests seal odd types
+        sealed = self._aead.encrypt(nonce, prefix + content, aad)
         self.seq = seq + 1
-        return header + seq_bytes + sealed
+        return aad + sealed
 
 
 class RecordReceiver(_Direction):
@@ -81,32 +92,34 @@ class RecordReceiver(_Direction):
 
     def open(self, payload: bytes) -> tuple[ContentType, bytes]:
         """(content_type, content) of one RECORD payload."""
-        if len(payload) < MIN_RECORD_PAYLOAD:
+        return self.open_frame(frame_header(FrameType.RECORD, len(payload)) + payload)
+
+    def open_frame(self, frame: bytes | memoryview) -> tuple[ContentType, bytes]:
+        """(content_type, content) of one whole RECORD frame (header || payload)."""
+        if len(frame) < _MIN_FRAME:
             raise RemoteProtocolError(
                 AlertCode.DECODE_ERROR,
-                f"RECORD payload of {len(payload)} bytes is under {MIN_RECORD_PAYLOAD}",
+                f"RECORD payload of {len(frame) - HEADER_LEN} bytes is under {MIN_RECORD_PAYLOAD}",
             )
-        seq = int.from_bytes(payload[:SEQ_LEN], "big")
+        (seq,) = _SEQ.unpack_from(frame, HEADER_LEN)
         if seq != self.seq:
             what = "replayed record" if seq < self.seq else "record lost or dropped"
             raise RemoteProtocolError(
                 AlertCode.UNEXPECTED_MESSAGE,
                 f"{what}: seq {seq}, expected {self.seq} (epoch {self.epoch})",
             )
-        header = frame_header(FrameType.RECORD, len(payload))
         try:
             inner = self._aead.decrypt(
-                self._nonce(seq), payload[SEQ_LEN:], header + payload[:SEQ_LEN]
+                (self._iv ^ seq).to_bytes(12, "big"), frame[_CT_START:], frame[:_CT_START]
             )
         except InvalidTag:
             raise RemoteProtocolError(
                 AlertCode.BAD_RECORD_MAC, f"record seq {seq} fails authentication"
             ) from None
         self.seq = seq + 1
-        try:
-            content_type = ContentType(inner[0])
-        except ValueError:
+        content_type = _CONTENT_TYPES.get(inner[0])
+        if content_type is None:
             raise RemoteProtocolError(
                 AlertCode.UNEXPECTED_MESSAGE, f"unknown content type 0x{inner[0]:02x}"
-            ) from None
+            )
         return content_type, inner[1:]

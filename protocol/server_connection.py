@@ -92,14 +92,14 @@ class ServerConnection(Connection):
     def _negotiate(self, ch: ClientHello) -> tuple[Kex, CipherSuite, Group]:
         """§3 parsing rules for CLIENT_HELLO, in the spec's order."""
         cfg = self.config
-        if ch.kex not in {int(k) for k in cfg.kex_methods}:
+        if ch.kex not in cfg.kex_methods:  # IntEnum members compare and hash as ints
             raise RemoteProtocolError(
                 AlertCode.HANDSHAKE_FAILURE,
                 f"kex {ch.kex} not supported; this server supports "
                 + ", ".join(KEX_NAMES[k] for k in sorted(cfg.kex_methods)),
             )
         kex = Kex(ch.kex)
-        if ch.cipher_suite not in {int(s) for s in cfg.cipher_suites}:
+        if ch.cipher_suite not in cfg.cipher_suites:
             raise RemoteProtocolError(
                 AlertCode.HANDSHAKE_FAILURE,
                 f"cipher suite 0x{ch.cipher_suite:04x} not supported; this server supports "
@@ -107,7 +107,7 @@ class ServerConnection(Connection):
             )
         suite = CipherSuite(ch.cipher_suite)
         if kex is Kex.DHE:
-            if ch.group not in {int(g) for g in cfg.groups}:
+            if ch.group not in cfg.groups:
                 raise RemoteProtocolError(
                     AlertCode.HANDSHAKE_FAILURE,
                     f"group 0x{ch.group:04x} not supported; this server supports "

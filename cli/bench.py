@@ -1,0 +1,78 @@
+"""``kexlab bench``: kexlab against asyncio TLS 1.3 and plain TCP on this machine, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from bench import report, runner, scenarios
+from bench.kxp import BenchError
+from cli.common import fail
+
+ONLY_HELP = (
+    "Comma list of measurements to run: "
+    + ", ".join((*scenarios.GROUPS, *scenarios.ALL_ITEMS))
+    + " (default: all)."
+)
+
+
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="One short run per figure: under a minute.")
+    ] = False,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write a PNG of throughput against message size (matplotlib)."),
+    ] = None,
+    only: Annotated[str | None, typer.Option("--only", help=ONLY_HELP)] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            "--duration", min=0.05, help="Seconds per measured run (quick 0.4, full 1.5)."
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option("--repeats", min=1, help="Runs per figure, best kept (quick 1, full 3)."),
+    ] = None,
+    connections: Annotated[
+        int,
+        typer.Option("--connections", min=1, help="Idle connections for the memory figure."),
+    ] = scenarios.IDLE_CONNECTIONS,
+) -> None:
+    """Measure handshakes, throughput, round trips and memory of kexlab, TLS 1.3 and TCP."""
+    try:
+        items = scenarios.parse_only(only)
+    except ValueError as exc:
+        fail(str(exc), code=2)
+    if plot is not None:
+        if not any(i.startswith("bulk-") for i in items):
+            fail("--plot needs at least one bulk measurement", code=2)
+        try:
+            report.check_plot()
+        except report.PlotUnavailable as exc:
+            fail(str(exc))
+    plan = runner.make_plan(
+        items, quick=quick, duration=duration, repeats=repeats, connections=connections
+    )
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: wide enough for the handshake table
+        console = Console(width=max(console.width, 140))
+    status = Console(stderr=True)
+    try:
+        result = runner.run(plan, lambda line: status.print(f"[dim]  {line}[/dim]"))
+    except BenchError as exc:
+        fail(f"bench: {exc}")
+    report.render(console, result)
+    if json_file is not None:
+        report.write_json(json_file, result)
+        console.print(f"JSON written to {json_file}")
+    if plot is not None:
+        report.write_plot(plot, result)
+        console.print(f"plot written to {plot}")
