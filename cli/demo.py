@@ -64,7 +64,7 @@ class Run:
 
 RUNS = (
     Run(
-        "rsa: the client wraps a fresh secret with the server's RSA key (no forward secrecy)",
+        "rsa: a fresh secret wrapped with the server's RSA key (no forward secrecy)",
         Kex.RSA,
         Group.NONE,
         CipherSuite.AES_128_GCM_SHA256,
@@ -109,7 +109,10 @@ def demo(
     ] = True,
     show_secrets: Annotated[
         bool,
-        typer.Option("--show-secrets", help="Also print each session's secrets."),
+        typer.Option(
+            "--show-secrets",
+            help="Also print each session's secret values (shared secret, master, traffic keys).",
+        ),
     ] = False,
 ) -> None:
     """Run rsa, dhe and psk sessions against a server in this process and compare their SAS."""
@@ -127,10 +130,15 @@ async def _demo(console: Console, explain: bool, show_secrets: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="kexlab-demo-") as tmp:
         keys = ensure_server_keys(Path(tmp))
         psk = secrets.token_bytes(32)
-        console.print(f"server key (RSA-2048, made just now): {long_fingerprint(keys.fingerprint)}")
+        # soft_wrap: a fingerprint or key broken across lines cannot be copied or grepped.
+        console.print(
+            f"server key (RSA-2048, made just now): {long_fingerprint(keys.fingerprint)}",
+            soft_wrap=True,
+        )
         console.print(
             f"PSK handed over by hand to both sides: identity {PSK_IDENTITY!r},"
-            f" key {psk.hex()} (32 random bytes)"
+            f" key {psk.hex()} (32 random bytes)",
+            soft_wrap=True,
         )
         observer = _ServerSide()
         server = KexlabServer(

@@ -25,6 +25,13 @@ class KeyType(enum.StrEnum):
     ed25519 = "ed25519"
 
 
+def _check_type(value: str) -> str:
+    """A usage error (exit 2) for a key type other than rsa or ed25519 (any case)."""
+    if value.lower() not in KeyType.__members__:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(KeyType)}")
+    return value.lower()
+
+
 def _check_bits(value: int | None) -> int | None:
     """A usage error (exit 2) for a size other than 2048, 3072 or 4096."""
     if value is not None and value not in RSA_BITS:
@@ -35,11 +42,12 @@ def _check_bits(value: int | None) -> int | None:
 def keygen(
     *,
     type: Annotated[
-        KeyType,
+        str,
         typer.Option(
             "--type",
             "-t",
-            case_sensitive=False,
+            metavar="rsa|ed25519",
+            callback=_check_type,
             help="rsa (for --rsa-key: transport and dhe signatures) or ed25519 (dhe signatures only).",
         ),
     ],
@@ -73,7 +81,8 @@ def keygen(
         key = generate_private_key("rsa" if kind is KeyType.rsa else "ed25519", bits or 2048)
         priv_path, pub_path = write_private_key(key, out, overwrite=force)
     except KeyFileError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        hint = " (--force replaces it)" if str(exc).endswith("not overwriting it") else ""
+        typer.echo(f"error: {exc}{hint}", err=True)
         raise typer.Exit(1) from None
     size = f"RSA-{bits or 2048}" if kind is KeyType.rsa else "Ed25519"
     typer.echo(f"private key: {priv_path} ({size}, PKCS#8 PEM, mode 0600)")

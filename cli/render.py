@@ -15,6 +15,11 @@ from protocol.events import HandshakeComplete
 HEX_PER_LINE = 16
 HEX_MAX_BYTES = 64
 FIELD_WIDTH = max(len(name) for name in FIELDS)
+MIN_MEANING_WIDTH = 40
+# The four-column layout needs the offset header (6), the longest field name, a full hex
+# line and the table's padding (14) before the meaning gets any room at all.
+WIDE_MIN_WIDTH = 14 + len("offset") + FIELD_WIDTH + 2 * HEX_PER_LINE + MIN_MEANING_WIDTH
+STACKED_HEADER = "bytes, then meaning"
 _COLOURS = {
     "sent": "cyan",
     "received": "magenta",
@@ -47,8 +52,13 @@ def format_offset(offset: int) -> str:
     return "—" if offset == SECRET_OFFSET else f"{offset:04x}"
 
 
-def frame_table(direction: str, rows: list[Row], title: str) -> Table:
-    """The table ``render_frame`` prints (exposed for tests and other layouts)."""
+def frame_table(direction: str, rows: list[Row], title: str, width: int | None = None) -> Table:
+    """The table ``render_frame`` prints for a console ``width`` columns wide (None: wide).
+
+    Wide consoles get four columns: offset, field, bytes, meaning. Below ``WIDE_MIN_WIDTH``
+    the meaning would be squeezed into a few characters per line, so it goes under the
+    bytes in one column instead (``STACKED_HEADER``): same rows, same text, nothing cut.
+    """
     colour = direction_colour(direction)
     table = Table(
         title=Text(title, style=f"bold {colour}"),
@@ -58,25 +68,30 @@ def frame_table(direction: str, rows: list[Row], title: str) -> Table:
         header_style=f"bold {colour}",
         expand=False,
     )
+    stacked = width is not None and width < WIDE_MIN_WIDTH
     table.add_column("offset", no_wrap=True, justify="right")
-    # The longest field name, so consecutive frames line up.
-    table.add_column("field", no_wrap=True, style=colour, min_width=FIELD_WIDTH)
-    table.add_column("bytes", no_wrap=True, style="dim")
-    table.add_column("meaning", overflow="fold", ratio=1)
+    if stacked:
+        table.add_column("field", style=colour, overflow="fold")
+        table.add_column(STACKED_HEADER, overflow="fold", ratio=1)
+    else:
+        # The longest field name, so consecutive frames line up.
+        table.add_column("field", no_wrap=True, style=colour, min_width=FIELD_WIDTH)
+        table.add_column("bytes", no_wrap=True, style="dim")
+        table.add_column("meaning", overflow="fold", ratio=1)
     for row in rows:
         # Text, not markup: a hostile peer's alert reason must not style our terminal.
-        table.add_row(
-            Text(format_offset(row.offset)),
-            Text(row.field),
-            Text(format_hex(row.data)),
-            Text(row.meaning),
-        )
+        cells = [Text(format_offset(row.offset)), Text(row.field)]
+        if stacked:
+            cells.append(Text.assemble((format_hex(row.data), "dim"), "\n", row.meaning))
+        else:
+            cells += [Text(format_hex(row.data)), Text(row.meaning)]
+        table.add_row(*cells)
     return table
 
 
 def render_frame(console: Console, direction: str, rows: list[Row], title: str) -> None:
     """Print one annotated frame as a table (offset, field, bytes, meaning), coloured by direction."""
-    console.print(frame_table(direction, rows, title))
+    console.print(frame_table(direction, rows, title, console.width))
 
 
 def render_secrets(console: Console, rows: list[Row], title: str = "session secrets") -> None:

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -48,15 +49,24 @@ from cli.output import Explainer, out, stderr_console
 from cli.render import render_summary_line
 from keystore import KeyFileError, TrustPolicy, data_dir, parse_trust
 from oob import OobError
-from protocol import DEFAULT_HANDSHAKE_TIMEOUT, Kex, ProtocolError
+from protocol import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    KEX_NAMES,
+    AlertCode,
+    Kex,
+    ProtocolError,
+)
 from protocol.constants import MAX_CONTENT
-from transport import TransportError
+from transport import ConnectionLost, TransportError
 from transport.control import decode_control, is_control
+from transport.keylog import append_keylog
 
 from .oob import ClientOob, client_oob
 from .session import ClientOptions, ClientSession, SessionError
 
 HELP_LINE = "type a message and Enter to send; /rekey /sas /quit (or Ctrl-D)"
+DEFAULT_GROUP = "x25519"
+DEFAULT_TRUST = "tofu"
 
 
 def _check_address(value: str) -> str:
@@ -70,8 +80,9 @@ def _check_kex(value: str | None) -> str | None:
     return value
 
 
-def _check_group(value: str) -> str:
-    parse_group(value)
+def _check_group(value: str | None) -> str | None:
+    if value is not None:
+        parse_group(value)
     return value
 
 
@@ -102,12 +113,13 @@ def client(
         ),
     ] = None,
     group: Annotated[
-        str,
+        str | None,
         typer.Option(
             callback=_check_group,
-            help="dhe group: x25519, secp256r1, secp384r1, ffdhe2048, ffdhe3072.",
+            help="dhe group: x25519, secp256r1, secp384r1, ffdhe2048, ffdhe3072. Default: x25519.",
+            show_default=False,
         ),
-    ] = "x25519",
+    ] = None,
     suite: Annotated[
         str, typer.Option(callback=_check_suite, help="Cipher suite: aes128 or aes256.")
     ] = "aes256",
@@ -120,14 +132,17 @@ def client(
         ),
     ] = None,
     trust: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="How to trust the server key: tofu (record it on first use in"
-            " $KEXLAB_HOME/known_hosts, keyed by host:port), none, pin:SHA256 or pin:FILE"
+            metavar="POLICY",
+            help="How to trust the server key (rsa, dhe): tofu (record it on first use in"
+            " $KEXLAB_HOME/known_hosts, keyed by host:port), none, pin:SHA256HEX or pin:FILE"
             " (a public key file), or mqtt (pin the fingerprint the server announces on"
             " the --oob broker: only as trustworthy as the broker's write permissions)."
+            " Default: tofu.",
+            show_default=False,
         ),
-    ] = "tofu",
+    ] = None,
     oob: OptionalOobOption = None,
     server_id: ServerIdOption = None,
     verify_sas: VerifySasOption = None,
@@ -151,7 +166,10 @@ def client(
     ] = False,
     show_secrets: Annotated[
         bool,
-        typer.Option("--show-secrets", help="Also print secret values (master, traffic keys)."),
+        typer.Option(
+            "--show-secrets",
+            help="Also print the session's secret values (shared secret, master, traffic keys).",
+        ),
     ] = False,
     keylog: Annotated[
         Path | None,
@@ -178,16 +196,9 @@ def client(
     host, port = parse_address(address)
     method = parse_kex(kex) if kex is not None else (Kex.PSK if psk else Kex.DHE)
     identity, key = parse_psk(psk) if psk else ("", b"")
-    if method is Kex.PSK and not psk and oob is None:
-        raise typer.BadParameter(
-            "--kex psk needs --psk IDENTITY=HEX (or --oob mqtt://HOST:PORT to send a fresh"
-            " key to the server over MQTT)",
-            param_hint="'--psk'",
-        )
-    if method is not Kex.PSK and psk:
-        raise typer.BadParameter(f"--psk is for --kex psk, not {kex}", param_hint="'--psk'")
-    if send_file is not None and not send_file.is_file():
-        raise typer.BadParameter(f"{send_file} is not a readable file", param_hint="'--send-file'")
+    _check_combination(method, psk, oob, group, trust)
+    if send_file is not None:
+        _check_readable(send_file)
     for text in send or []:
         if len(text.encode("utf-8")) > MAX_CONTENT:
             raise typer.BadParameter(
@@ -198,7 +209,7 @@ def client(
         host=host,
         port=port,
         kex=method,
-        group=parse_group(group),
+        group=parse_group(group or DEFAULT_GROUP),
         suite=parse_suite(suite),
         psk_identity=identity,
         psk=key,
@@ -222,7 +233,10 @@ def client(
         mqtt.new_psk(options)
     try:
         policy = parse_trust(
-            trust, options.address, data_dir() / "known_hosts", mqtt=mqtt is not None
+            trust or DEFAULT_TRUST,
+            options.address,
+            data_dir() / "known_hosts",
+            mqtt=mqtt is not None,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--trust'") from None
@@ -231,16 +245,28 @@ def client(
         options.config()
     except ValueError as exc:
         fail(str(exc))
-    interactive = not send and send_file is None and sys.stdin.isatty()
+    if keylog is not None:
+        _check_keylog(keylog)
+    # No stdin at all (started with stdin closed): nothing to read, like an empty pipe.
+    interactive = not send and send_file is None and sys.stdin is not None and sys.stdin.isatty()
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
     except CaptureFileError as exc:
         fail(str(exc))
     options.on_pcap_error = lambda reason: error_line(f"warning: --pcap {pcap}: {reason}")
+    progress = _Progress()
     try:
-        asyncio.run(_run(options, policy, send or [], send_file, show_secrets, interactive, mqtt))
+        asyncio.run(
+            _run(options, policy, send or [], send_file, show_secrets, interactive, mqtt, progress)
+        )
+    except KeyboardInterrupt:
+        fail(
+            "interrupted (Ctrl-C): session closed with close_notify"
+            if progress.connected
+            else "interrupted (Ctrl-C) before the handshake completed"
+        )
     except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
-        fail(describe_error(exc, peer="server"))
+        fail(_describe(exc, options))
     except OobError as exc:
         fail(str(exc))
     finally:
@@ -251,6 +277,79 @@ def client(
                 fail(str(exc))
 
 
+@dataclass
+class _Progress:
+    """How far a run got, for the line printed when Ctrl-C ends it."""
+
+    connected: bool = False
+
+
+def _check_combination(
+    method: Kex, psk: str | None, oob: str | None, group: str | None, trust: str | None
+) -> None:
+    """Usage errors for options that would be silently ignored with this method."""
+    name = KEX_NAMES[method]
+    if method is Kex.PSK and not psk and oob is None:
+        raise typer.BadParameter(
+            "--kex psk needs --psk IDENTITY=HEX (or --oob mqtt://HOST:PORT to send a fresh"
+            " key to the server over MQTT)",
+            param_hint="'--psk'",
+        )
+    if method is not Kex.PSK and psk:
+        raise typer.BadParameter(f"--psk is for --kex psk, not {name}", param_hint="'--psk'")
+    if group is not None and method is not Kex.DHE:
+        raise typer.BadParameter(
+            f"--group is for --kex dhe: {name} uses no Diffie-Hellman group",
+            param_hint="'--group'",
+        )
+    if trust is not None and method is Kex.PSK:
+        raise typer.BadParameter(
+            "--trust decides about the server key of rsa and dhe; with psk there is none:"
+            " the pre-shared key itself authenticates the server",
+            param_hint="'--trust'",
+        )
+
+
+def _check_readable(path: Path) -> None:
+    """A usage error, before connecting, for a --send-file that cannot be read."""
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else None
+        raise typer.BadParameter(f"{path}: {what or 'no such file'}", param_hint="'--send-file'")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise typer.BadParameter(f"{path}: {reason}", param_hint="'--send-file'") from None
+
+
+def _check_keylog(path: Path) -> None:
+    """Fail before connecting if the key log cannot be written (it would fail after the handshake)."""
+    try:
+        append_keylog(path, "")  # creates it mode 0600, as the real write would
+    except OSError as exc:
+        fail(f"cannot write the key log {path}: {(exc.strerror or str(exc)).lower()}")
+
+
+def _describe(exc: BaseException, options: ClientOptions) -> str:
+    """One line for a failed session, with what the client knows that the error does not."""
+    if isinstance(exc, ConnectionLost):
+        text = str(exc)
+        return "server" + text[4:] if text.startswith("peer ") else text
+    if isinstance(exc, ProtocolError):
+        sent = f"sent alert {exc.alert.name.lower()} ({int(exc.alert)})"
+        if exc.alert is AlertCode.DECRYPT_ERROR and options.kex is Kex.PSK:
+            # The server keyed its FINISHED with its own copy of the PSK: if it does not
+            # verify, the two copies differ (tampering would need the key to do better).
+            return (
+                f"{exc.reason}: the two sides most likely hold different keys for PSK"
+                f" identity {options.psk_identity!r} ({sent})"
+            )
+        if exc.reason.startswith("bad magic"):
+            return f"{options.address} does not speak KXP/1: {exc.reason} ({sent})"
+    return describe_error(exc, peer="server")
+
+
 async def _run(
     options: ClientOptions,
     policy: TrustPolicy,
@@ -259,6 +358,7 @@ async def _run(
     show_secrets: bool,
     interactive: bool,
     mqtt: ClientOob | None = None,
+    progress: _Progress | None = None,
 ) -> None:
     console = Console(highlight=False)
     explainer = Explainer(console, "client", frames=options.explain, show_secrets=show_secrets)
@@ -268,6 +368,8 @@ async def _run(
         session = await mqtt.open(options, explainer.on_event)
     else:
         session = await ClientSession.open(options, on_event=explainer.on_event)
+    if progress is not None:
+        progress.connected = True
     for note in policy.notes:  # first use recorded, the "none" warning, the mqtt pin
         error_line(note)
     render_summary_line(console, session.handshake, session.handshake_ms, "client")
@@ -334,6 +436,9 @@ async def _stdin_lines() -> AsyncIterator[str]:
         return True
 
     def reader() -> None:
+        if sys.stdin is None:  # started with stdin closed: no lines at all
+            put(None)
+            return
         with contextlib.suppress(ValueError, OSError):  # stdin closed under us: just stop
             for line in iter(sys.stdin.readline, ""):
                 if not put(line):
@@ -360,6 +465,9 @@ async def _interactive(session: ClientSession, explainer: Explainer) -> None:
         data = os.read(fd, 4096)
         if not data:
             loop.remove_reader(fd)
+            if pending:  # Ctrl-D after text without Enter: send it, as a pipe's last line is
+                lines.put_nowait(pending.decode("utf-8", "replace").rstrip("\r"))
+                pending.clear()
             lines.put_nowait(None)
             return
         pending.extend(data)
@@ -379,6 +487,8 @@ async def _interactive(session: ClientSession, explainer: Explainer) -> None:
     error_line(HELP_LINE)
     loop.add_reader(fd, readable)
     receiver = asyncio.create_task(receive())
+    # Ctrl-C or an error ends us while it waits: whatever it raises then is not news.
+    receiver.add_done_callback(lambda task: task.cancelled() or task.exception())
     try:
         while True:
             getter = asyncio.ensure_future(lines.get())
@@ -391,6 +501,9 @@ async def _interactive(session: ClientSession, explainer: Explainer) -> None:
             if line is None or line.strip() == "/quit":
                 break
             await _command(session, explainer, line)
+    except BaseException:
+        receiver.cancel()
+        raise
     finally:
         with contextlib.suppress(Exception):
             loop.remove_reader(fd)

@@ -125,13 +125,16 @@ class ClientSession:
             stream.on_bytes = tap.on_bytes  # nothing is sent before the handshake starts
         try:
             hc = await stream.do_handshake(options.timeout)
-        finally:
-            if stream.closed:
-                await stream.wait_closed()
-                if tap is not None:
-                    tap.close()
-        if options.keylog is not None:
-            append_keylog(options.keylog, hc.keylog)
+            if options.keylog is not None:
+                append_keylog(options.keylog, hc.keylog)
+        except BaseException:
+            # A failed handshake is closed already; Ctrl-C or an unwritable key log is not:
+            # say close_notify rather than leave the server with a half-open socket.
+            stream.send_close()
+            await stream.wait_closed()
+            if tap is not None:
+                tap.close()
+            raise
         return cls(stream, options, tap)
 
     async def send(self, message: bytes) -> None:

@@ -278,9 +278,9 @@ def test_unknown_psk_identity(srv: ThreadServer) -> None:
 def test_wrong_psk_is_decrypt_error(srv: ThreadServer) -> None:
     result = invoke(srv.address, "--psk", "alice=" + "ff" * 32, "--send", "x")
     assert result.exit_code == 1
-    assert (
-        error_of(result)
-        == "error: protocol error from server: server FINISHED does not verify (sent alert decrypt_error (51))"
+    assert error_of(result) == (
+        "error: server FINISHED does not verify: the two sides most likely hold different keys"
+        " for PSK identity 'alice' (sent alert decrypt_error (51))"
     )
 
 
@@ -336,7 +336,7 @@ def test_stdin_mode_fails_cleanly_when_no_reply_comes(home: Path) -> None:
         (["h", "--psk", "a=zz"], "the key for 'a' is not hex"),
         (["h", "--psk", "a=0011"], "the key for 'a' is 2 bytes; a PSK is at least 16"),
         (["h", "--psk", f"a/b={PSK_HEX}"], "may not contain '/'"),
-        (["h", "--send-file", "/no/such/file"], "/no/such/file is not a readable file"),
+        (["h", "--send-file", "/no/such/file"], "'--send-file': /no/such/file: no such file"),
         (["h", "--send", "x" * 65537], "a message is at most 65536 bytes"),
         (["h", "--timeout", "0"], "'--timeout'"),
         (["h", "--frobnicate"], "No such option: --frobnicate"),

@@ -157,7 +157,9 @@ def test_keygen_refuses_to_overwrite_then_force(tmp_path: Path) -> None:
     before = out.read_bytes()
     again = run("--type", "ed25519", "--out", str(out))
     assert again.exit_code == 1
-    assert again.stderr == f"error: {out} already exists; not overwriting it\n"
+    assert (
+        again.stderr == f"error: {out} already exists; not overwriting it (--force replaces it)\n"
+    )
     assert again.stdout == ""
     assert out.read_bytes() == before
     forced = run("--type", "ed25519", "--out", str(out), "--force")
