@@ -259,7 +259,7 @@ OptionalOobOption = Annotated[
     typer.Option(
         "--oob",
         metavar="URL",
-        help=OOB_HELP + " Turns on the MQTT features (see PROTOCOL.md section 8).",
+        help=OOB_HELP + " Turns on the MQTT features (README: the out-of-band lesson).",
         show_default=False,
     ),
 ]

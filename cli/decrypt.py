@@ -119,7 +119,10 @@ def decrypt(
         Path, typer.Argument(help="A pcap or pcapng file (tcpdump, Wireshark, --pcap).")
     ],
     keylog: Annotated[
-        Path | None, typer.Option("--keylog", help="Key log file (PROTOCOL.md §9).")
+        Path | None,
+        typer.Option(
+            "--keylog", metavar="FILE", help="Key log file (NSS style, as --keylog writes it)."
+        ),
     ] = None,
     rsa_key: Annotated[
         Path | None,
@@ -129,7 +132,9 @@ def decrypt(
     ] = None,
     psk: Annotated[
         list[str] | None,
-        typer.Option("--psk", help="A pre-shared key as IDENTITY=HEX (repeatable)."),
+        typer.Option(
+            "--psk", metavar="IDENTITY=HEX", help="A pre-shared key as IDENTITY=HEX (repeatable)."
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:

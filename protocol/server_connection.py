@@ -28,6 +28,14 @@ from .messages import ClientHello, Finished, KeyTransport, ServerHello, ServerSi
 from .records import RecordReceiver, RecordSender
 
 
+def _kex_label(code: int) -> str:
+    """'psk (3)' for a known method the server does not enable, '7' for an unknown one."""
+    try:
+        return f"{KEX_NAMES[Kex(code)]} ({code})"
+    except ValueError:
+        return str(code)
+
+
 class ServerConnection(Connection):
     """A KXP/1 server for one connection: pump bytes and events (see ``Connection``)."""
 
@@ -95,7 +103,7 @@ class ServerConnection(Connection):
         if ch.kex not in cfg.kex_methods:  # IntEnum members compare and hash as ints
             raise RemoteProtocolError(
                 AlertCode.HANDSHAKE_FAILURE,
-                f"kex {ch.kex} not supported; this server supports "
+                f"kex {_kex_label(ch.kex)} not supported; this server supports "
                 + ", ".join(KEX_NAMES[k] for k in sorted(cfg.kex_methods)),
             )
         kex = Kex(ch.kex)

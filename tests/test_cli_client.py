@@ -262,7 +262,7 @@ def test_server_alert_is_one_line_with_name_code_and_reason(home: Path) -> None:
         result = invoke(psk_only.address, "--send", "x")
     assert result.exit_code == 1
     assert error_of(result) == (
-        "error: server sent alert handshake_failure (40): kex 2 not supported; this server supports psk"
+        "error: server sent alert handshake_failure (40): kex dhe (2) not supported; this server supports psk"
     )
 
 
