@@ -183,11 +183,15 @@ class FrameDecoder:
                 return None
             self._pending = _check_header_at(carry, 0, expected)
         frame_type, length = self._pending
-        self._take(HEADER_LEN + length - len(carry))
-        if len(carry) < HEADER_LEN + length:
+        end = HEADER_LEN + length
+        self._take(end - len(carry))
+        if len(carry) < end:
             self._check_eof()
             return None
-        self._carry = bytearray()  # a fresh one: the old one is never written again
+        # Several feeds before a drain leave more than this frame in _carry: the rest
+        # (the next frames' bytes, in order) stays there, ahead of the current chunk.
+        self._carry = carry[end:]  # a fresh one: the old one is never written again
+        del carry[end:]
         self._pending = None
         return frame_type, memoryview(carry).toreadonly()
 

@@ -3,12 +3,15 @@ bounded memory, and whole handshakes delivered byte by byte."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import handshake_vector_names, load_vector
 from helpers import drain, make_pair
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol import (
     CipherSuite,
@@ -368,3 +371,44 @@ def test_handshake_byte_by_byte(kex: Kex, group: Group, suite: CipherSuite) -> N
         events += got.events
         assert (events == []) is (i < len(data) - 1)
     assert [e.data for e in events] == [b"after the handshake"]  # type: ignore[attr-defined]
+
+
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=0, max_value=2000), max_size=12),
+    st.lists(st.booleans(), max_size=20),
+)
+def test_any_chunking_and_any_feed_drain_interleaving_gives_the_same_frames(
+    payloads: list[bytes], cuts: list[int], drain_after: list[bool]
+) -> None:
+    """Frames come out whole and in order however the bytes are cut and however many
+    feeds happen before a drain (a regression: several feeds used to glue frames)."""
+    frames = [encode_frame(FrameType.ALERT, p[:200]) for p in payloads]
+    stream = b"".join(frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
+    decoder = FrameDecoder()
+    out: list[bytes] = []
+    for i, chunk in enumerate(chunks):
+        decoder.feed(chunk)
+        if i < len(drain_after) and drain_after[i]:
+            while (frame := decoder.next_frame()) is not None:
+                out.append(frame.encode())
+    while (frame := decoder.next_frame()) is not None:
+        out.append(frame.encode())
+    assert out == frames
+    assert decoder.buffered == 0
+
+
+def test_three_feeds_before_a_drain() -> None:
+    """The reported case: feed a[:5], a[5:] + b[:3], b[3:], then drain twice."""
+    a = encode_frame(FrameType.ALERT, b"\x00\x05hello")
+    b = encode_frame(FrameType.ALERT, b"\x0a\x00")
+    decoder = FrameDecoder()
+    decoder.feed(a[:5])
+    decoder.feed(a[5:] + b[:3])
+    decoder.feed(b[3:])
+    first, second = decoder.next_frame(), decoder.next_frame()
+    assert first is not None and first.encode() == a
+    assert second is not None and second.encode() == b
+    assert decoder.next_frame() is None
