@@ -45,6 +45,10 @@ class Session:
 
     async def handle(self, record: bytes, on_message: Callable[[bytes], Any]) -> None:
         """Route one record: upload bytes, a control record, or a message for the app."""
+        if self.stream.close_sent:
+            # We are closing (server shutdown): §7 lets us send nothing more, so records the
+            # client sent before it saw our close_notify are read and dropped, not answered.
+            return
         if self.upload is not None:
             await self._upload_bytes(record)
         elif is_control(record):
@@ -77,8 +81,8 @@ class Session:
             self.upload.feed(data)
         except (UploadError, OSError) as exc:
             self.upload.discard()
-            self.upload = None
-            self.log("upload-failed", reason=str(exc))
+            name, self.upload = self.upload.path.name, None
+            self.log("upload-failed", file=name, reason=str(exc))
             await self.stream.send(encode_control(OP_FILE_ERROR, reason=str(exc)))
             return
         if self.upload.done:
@@ -90,7 +94,7 @@ class Session:
         try:
             digest = upload.finish()
         except UploadError as exc:
-            self.log("upload-failed", reason=str(exc))
+            self.log("upload-failed", file=upload.path.name, reason=str(exc))
             await self.stream.send(encode_control(OP_FILE_ERROR, reason=str(exc)))
             return
         self.log("upload-done", file=str(upload.path), size=upload.size, sha256=digest)
@@ -99,10 +103,16 @@ class Session:
         )
 
     def close(self) -> None:
-        """Drop a partial upload when the connection ends."""
+        """Drop a partial upload when the connection ends (and say so in the log)."""
         if self.upload is not None:
-            self.upload.discard()
-            self.upload = None
+            upload, self.upload = self.upload, None
+            upload.discard()
+            self.log(
+                "upload-failed",
+                file=upload.path.name,
+                reason=f"connection ended after {upload.received} of {upload.size} bytes;"
+                " partial file removed",
+            )
 
 
 class App:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import math
 import signal
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -309,6 +313,7 @@ def _options(
 
 async def _serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None = None) -> None:
     """Listen until SIGINT or SIGTERM, then close every session with close_notify."""
+    asyncio.get_running_loop().set_exception_handler(LoopErrorLog(log))
     if mqtt is not None:
         mqtt.attach(options)
     srv = KexlabServer(options, log)
@@ -341,6 +346,41 @@ async def _serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None 
         if mqtt is not None:
             await mqtt.stop()
     log.emit("stopped", connections_closed=len(srv.streams) == 0)
+
+
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class LoopErrorLog:
+    """asyncio's own error reports as server log lines, never a traceback on stderr.
+
+    The one an operator meets is accept() running out of file descriptors: asyncio
+    stops accepting for a second and retries, reporting it with a traceback once per
+    connection waiting in the backlog (Python 3.11 keeps looping after the error), so
+    those reports become at most one line a second.
+    """
+
+    def __init__(self, log: ServerLog, clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.clock = clock
+        self._last_pause = -math.inf
+
+    def __call__(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler."""
+        exc = context.get("exception")
+        message = str(context.get("message", "asyncio error"))
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS and "accept" in message:
+            now = self.clock()
+            if now - self._last_pause >= 1.0:
+                self._last_pause = now
+                self.log.emit(
+                    "accept-paused",
+                    reason=f"{exc.strerror or exc}: new connections wait about 1 s"
+                    " (raise `ulimit -n` or lower --max-connections)",
+                )
+            return
+        detail = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+        self.log.emit("loop-error", message=message, error=detail)
 
 
 def _announce(mqtt: ServerOob, options: ServerOptions, address: str, log: ServerLog) -> None:

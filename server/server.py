@@ -115,6 +115,7 @@ class KexlabServer:
         self.streams: set[KxpStream] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._stopping = False
 
     async def start(self) -> tuple[str, int]:
         """Bind and listen; returns the address actually bound (port 0 picks a free one)."""
@@ -142,16 +143,22 @@ class KexlabServer:
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting, send close_notify to every client, wait ``grace`` s, drop the rest."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         for stream in list(self.streams):
             stream.send_close()
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # A connection accepted just before close() starts its task after the loop above;
+        # it closes itself (see _serve), and is waited for like the others.
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+        pending = set(self._tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -180,9 +187,13 @@ class KexlabServer:
         tap = self._tap(writer, peer)
         if tap is not None:
             stream.on_bytes = tap.on_bytes
-        if len(self.streams) >= self.options.max_connections:
-            stream.abort(AlertCode.HANDSHAKE_FAILURE, "server busy: too many connections")
-            self._log("refused", peer, reason="max connections reached")
+        if self._stopping or len(self.streams) >= self.options.max_connections:
+            if self._stopping:
+                stream.send_close()
+                self._log("refused", peer, reason="server stopping")
+            else:
+                stream.abort(AlertCode.HANDSHAKE_FAILURE, "server busy: too many connections")
+                self._log("refused", peer, reason="max connections reached")
             if tap is not None:
                 tap.close()
             await stream.wait_closed()
@@ -197,10 +208,25 @@ class KexlabServer:
         except PeerAlert as exc:
             self._log("error", peer, received_alert=exc.name, code=exc.code, reason=exc.reason)
         except ConnectionLost as exc:
-            self._log("error", peer, reason=str(exc))
+            if stream.close_sent and stream.handshake is None:
+                # Only shutdown sends close_notify to a client still in its handshake.
+                self._log("closed", peer, reason="server stopping during the handshake")
+            else:
+                self._log("error", peer, reason=str(exc))
         except asyncio.CancelledError:
             stream.abort(AlertCode.INTERNAL_ERROR, "server shutting down", hard=True)
+            self._log(
+                "error", peer, reason="server stopping: no close_notify answer in time, dropped"
+            )
             raise
+        except Exception as exc:  # a bug costs its own connection, never the server
+            fields: dict[str, Any] = {}
+            if not stream.closed and not stream.close_sent:
+                stream.abort(AlertCode.INTERNAL_ERROR, "internal error")
+                fields = {"sent_alert": "internal_error", "code": int(AlertCode.INTERNAL_ERROR)}
+            self._log(
+                "error", peer, **fields, reason=f"internal error: {type(exc).__name__}: {exc}"
+            )
         finally:
             self.streams.discard(stream)
             if tap is not None:
@@ -216,7 +242,8 @@ class KexlabServer:
                 append_keylog(self.options.keylog, hc.keylog)
             except OSError as exc:
                 self._log("keylog-error", peer, reason=str(exc))
-        self.observer.handshake(peer, hc, ms)
+        with contextlib.suppress(Exception):  # a broken log sink must not kill a connection
+            self.observer.handshake(peer, hc, ms)
         if self.options.sas_check is not None:
             await self._check_sas(stream, peer, hc)
         name = hc.psk_identity or peer
@@ -254,7 +281,8 @@ class KexlabServer:
 
     def _on_event(self, peer: str, event: Event) -> None:
         if isinstance(event, FrameTraced):
-            self.observer.frame(peer, event)
+            with contextlib.suppress(Exception):  # as in _log
+                self.observer.frame(peer, event)
 
     def _log(self, event: str, peer: str, **fields: Any) -> None:
         with contextlib.suppress(Exception):  # a broken log sink must not kill a connection

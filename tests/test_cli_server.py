@@ -211,7 +211,8 @@ def test_psk_and_kex_list() -> None:
     assert result.exit_code == 0, result.output
     assert "kex=psk" in result.stdout and "psk_identities=alice,bob" in result.stdout
     assert (
-        "connection failed: sent alert handshake_failure (40): kex 2 not supported" in result.stdout
+        "connection failed: sent alert handshake_failure (40): kex dhe (2) not supported"
+        in result.stdout
     )
 
 

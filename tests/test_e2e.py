@@ -401,7 +401,7 @@ def test_errors_from_a_real_process_are_one_line(home: Path) -> None:
         srv.stop()
     assert result.returncode == 1
     assert one_error_line(result.stderr) == (
-        "error: server sent alert handshake_failure (40): kex 2 not supported; this server supports rsa"
+        "error: server sent alert handshake_failure (40): kex dhe (2) not supported; this server supports rsa"
     )
     usage = run_client("127.0.0.1", "--group", "curve448")
     assert usage.returncode == 2

@@ -44,6 +44,8 @@ PskProvider = Callable[[str], Awaitable[bytes | None]]
 
 READ_SIZE = 65536
 DEFAULT_CLOSE_WAIT = 2.0
+FAIR_BURST = 32
+"""Events handed out before the reading task lets others run (see ``next_event``)."""
 
 
 class TransportError(Exception):
@@ -90,6 +92,9 @@ class KxpStream:
         self.close_reason = ""
         self._started = time.perf_counter()
         self._socket_closed = False
+        self._close_sent = False
+        self._psk_wait: asyncio.Future[bytes | None] | None = None
+        self._burst = 0
 
     # ------------------------------------------------------------------ opening
 
@@ -128,6 +133,11 @@ class KxpStream:
         """The connection is over (cleanly or not)."""
         return self.conn.state in (State.CLOSED, State.ERROR)
 
+    @property
+    def close_sent(self) -> bool:
+        """``send_close`` has sent our close_notify: we send nothing more (§7)."""
+        return self._close_sent
+
     # ------------------------------------------------------------------ the pump
 
     async def next_event(self) -> Event | None:
@@ -137,18 +147,29 @@ class KxpStream:
         or ``ConnectionLost`` when the socket fails.
         """
         while True:
+            if self._burst >= FAIR_BURST:
+                # Reading buffered data and writing below the high-water mark never suspend,
+                # so a peer pipelining tiny records (or key_updates) would otherwise hold the
+                # event loop for a whole read, stalling every other connection. Yielding
+                # before taking an event means a cancellation here loses none.
+                self._burst = 0
+                await asyncio.sleep(0)
             try:
                 event = self.conn.next_event()
             except ProtocolError:
                 await self._flush(quiet=True)
                 self._close_socket()
                 raise
-            # The core may have queued an answer (close_notify, a requested key_update).
-            await self._flush(quiet=self.closed)
+            # The core may have queued an answer (a handshake flight, close_notify, a requested
+            # key_update): only then does the reader wait for the socket. Waiting on backpressure
+            # from another task's sends would stop it reading, and a peer doing the same (an
+            # echo server blocked on its own writes) would then wait on us forever.
+            await self._flush(quiet=self.closed, backpressure=False)
             if event is not None:
                 self._note(event)
                 if self.on_event is not None:
                     self.on_event(event)
+                self._burst += 1
                 return event
             if self.closed:
                 self._close_socket()
@@ -210,14 +231,34 @@ class KxpStream:
             if isinstance(event, HandshakeComplete):
                 return event
             if isinstance(event, PskNeeded) and isinstance(self.conn, ServerConnection):
-                key = await self.psk_provider(event.identity) if self.psk_provider else None
-                self.conn.supply_psk(key)
+                key = await self._wait_psk(event.identity)
+                if not self.closed:  # send_close may have ended the wait (and the connection)
+                    self.conn.supply_psk(key)
             elif isinstance(event, ConnectionClosed):
                 if self.peer_alert is None and event.clean:
                     raise ConnectionLost(
                         "peer closed the connection (close_notify) during the handshake"
                     )
+                if self.peer_alert is None and self._close_sent:
+                    raise ConnectionLost("closed by us (close_notify) during the handshake")
                 raise self._ended(event)
+
+    async def _wait_psk(self, identity: str) -> bytes | None:
+        """The provider's key for ``identity``; None if unknown or if ``send_close`` came first."""
+        if self.psk_provider is None:
+            return None
+        wait = asyncio.ensure_future(self.psk_provider(identity))
+        self._psk_wait = wait
+        try:
+            # asyncio.wait, not await: send_close cancels ``wait``, which must not look like
+            # a cancellation of this task.
+            await asyncio.wait({wait})
+        except asyncio.CancelledError:
+            wait.cancel()
+            raise
+        finally:
+            self._psk_wait = None
+        return None if wait.cancelled() else wait.result()
 
     async def recv(self) -> bytes | None:
         """The next application_data record; None after a clean close (close_notify both ways)."""
@@ -259,6 +300,10 @@ class KxpStream:
         """Send close_notify without waiting: the task reading this stream sees the answer."""
         if self.closed or self._socket_closed:
             return
+        self._close_sent = True
+        if self._psk_wait is not None:
+            # A server stopping does not wait out --psk-wait for a key it will not use.
+            self._psk_wait.cancel()
         self.conn.close()
         with contextlib.suppress(OSError, RuntimeError):
             self._write(self.conn.data_to_send())
@@ -308,20 +353,25 @@ class KxpStream:
     def _write(self, data: bytes) -> None:
         if not data or self._socket_closed:
             return
+        if self.writer.transport.is_closing():
+            # The socket failed under a write from another task (a chat relay) before the
+            # task reading this stream saw it: asyncio would log a warning per further write.
+            return
         if self.on_bytes is not None:
             self.on_bytes("sent", data)
         self.writer.write(data)
 
-    async def _flush(self, quiet: bool = False) -> None:
+    async def _flush(self, quiet: bool = False, backpressure: bool = True) -> None:
         """Write what the core queued and wait for the socket to take it.
 
         ``quiet`` (the connection is over: a last alert or close_notify) neither waits nor
         raises: closing the socket flushes it, and a peer that does not read must not be
-        able to hold us here.
+        able to hold us here. Without ``backpressure`` it waits only if it wrote something.
         """
         try:
-            self._write(self.conn.data_to_send())
-            if not quiet and not self._socket_closed:
+            data = self.conn.data_to_send()
+            self._write(data)
+            if not quiet and not self._socket_closed and (data or backpressure):
                 await self.writer.drain()
         except (OSError, RuntimeError) as exc:
             if quiet:
