@@ -78,52 +78,36 @@ def _one_line_errors(run: Callable[[], Any], prog_name: str | None) -> NoReturn:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-class KexlabGroup(TyperGroup):
+class _OneLineErrorsMixin:
+    """``main`` like typer's, with usage and internal errors as one line (exit 2 and 1)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Like typer's, with one-line errors in standalone mode."""
+
+        def run() -> Any:
+            return super(_OneLineErrorsMixin, self).main(  # type: ignore[misc]
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+
+        if not standalone_mode:
+            return run()
+        _one_line_errors(run, prog_name)
+
+
+class KexlabGroup(_OneLineErrorsMixin, TyperGroup):
     """The ``kexlab`` group: usage and internal errors are one line (exit 2 and 1)."""
 
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        windows_expand_args: bool = True,
-        **extra: Any,
-    ) -> Any:
-        """Like typer's, with one-line errors in standalone mode."""
 
-        def run() -> Any:
-            return TyperGroup.main(
-                self, args, prog_name, complete_var, False, windows_expand_args, **extra
-            )
-
-        if not standalone_mode:
-            return run()
-        _one_line_errors(run, prog_name)
-
-
-class KexlabCommand(TyperCommand):
+class KexlabCommand(_OneLineErrorsMixin, TyperCommand):
     """A single command (``python -m server``) with one-line errors."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        windows_expand_args: bool = True,
-        **extra: Any,
-    ) -> Any:
-        """Like typer's, with one-line errors in standalone mode."""
-
-        def run() -> Any:
-            return TyperCommand.main(
-                self, args, prog_name, complete_var, False, windows_expand_args, **extra
-            )
-
-        if not standalone_mode:
-            return run()
-        _one_line_errors(run, prog_name)
 
 
 def single_command_app(function: Any, name: str, help_text: str) -> typer.Typer:
@@ -243,6 +227,37 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise typer.BadParameter(f"port {port_text!r} is not a number from 1 to 65535")
     return host, int(port_text)
+
+
+# --------------------------------------------------------------------------- session options
+# One definition for ``kexlab server`` and ``kexlab client``, so both spell and explain them alike.
+
+ExplainOption = Annotated[
+    bool, typer.Option("--explain", help="Print every frame as an annotated table.")
+]
+ShowSecretsOption = Annotated[
+    bool,
+    typer.Option(
+        "--show-secrets",
+        help="Also print the session's secret values (shared secret, master, traffic keys).",
+    ),
+]
+KeylogOption = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE",
+        envvar="KEXLAB_KEYLOGFILE",
+        help="Append each session's traffic secrets (NSS key log style) to FILE.",
+    ),
+]
+PcapOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pcap",
+        metavar="FILE",
+        help="Write what crosses the connection(s) to FILE as a pcap (no root needed).",
+    ),
+]
 
 
 # --------------------------------------------------------------------------- MQTT options

@@ -31,9 +31,13 @@ from rich.text import Text
 from capture.tap import CaptureFileError, close_pcap, open_pcap
 from cli.common import (
     CaOption,
+    ExplainOption,
+    KeylogOption,
     OptionalOobOption,
     PasswordFileOption,
+    PcapOption,
     ServerIdOption,
+    ShowSecretsOption,
     UsernameOption,
     VerifySasOption,
     describe_error,
@@ -161,32 +165,10 @@ def client(
             help="Upload a file to the server's inbox; size and SHA-256 are checked.",
         ),
     ] = None,
-    explain: Annotated[
-        bool, typer.Option("--explain", help="Print every frame as an annotated table.")
-    ] = False,
-    show_secrets: Annotated[
-        bool,
-        typer.Option(
-            "--show-secrets",
-            help="Also print the session's secret values (shared secret, master, traffic keys).",
-        ),
-    ] = False,
-    keylog: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            envvar="KEXLAB_KEYLOGFILE",
-            help="Append this session's traffic secrets (NSS key log style) to FILE.",
-        ),
-    ] = None,
-    pcap: Annotated[
-        Path | None,
-        typer.Option(
-            "--pcap",
-            metavar="FILE",
-            help="Write what crosses the connection to FILE as a pcap (no root needed).",
-        ),
-    ] = None,
+    explain: ExplainOption = False,
+    show_secrets: ShowSecretsOption = False,
+    keylog: KeylogOption = None,
+    pcap: PcapOption = None,
     timeout: Annotated[
         float,
         typer.Option(min=0.01, help="Seconds for connect, handshake and each reply."),

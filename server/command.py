@@ -19,9 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from capture.tap import CaptureFileError, close_pcap, open_pcap
 from cli.common import (
     CaOption,
+    ExplainOption,
+    KeylogOption,
     OptionalOobOption,
     PasswordFileOption,
+    PcapOption,
     ServerIdOption,
+    ShowSecretsOption,
     UsernameOption,
     VerifySasOption,
     default_server_id,
@@ -145,29 +149,10 @@ def server(
         Path | None,
         typer.Option(metavar="DIR", help="Where received files go. Default: $KEXLAB_HOME/inbox."),
     ] = None,
-    keylog: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            envvar="KEXLAB_KEYLOGFILE",
-            help="Append each connection's traffic secrets (NSS key log style) to FILE.",
-        ),
-    ] = None,
-    pcap: Annotated[
-        Path | None,
-        typer.Option(
-            "--pcap",
-            metavar="FILE",
-            help="Write what crosses every connection to FILE as a pcap (no root needed).",
-        ),
-    ] = None,
-    explain: Annotated[
-        bool, typer.Option("--explain", help="Print every frame as an annotated table.")
-    ] = False,
-    show_secrets: Annotated[
-        bool,
-        typer.Option("--show-secrets", help="Also print secret values (master, traffic keys)."),
-    ] = False,
+    keylog: KeylogOption = None,
+    pcap: PcapOption = None,
+    explain: ExplainOption = False,
+    show_secrets: ShowSecretsOption = False,
     max_connections: Annotated[
         int, typer.Option(min=1, help="Connections served at once; more are refused.")
     ] = DEFAULT_MAX_CONNECTIONS,
