@@ -823,8 +823,11 @@ async def test_real_server_under_fault_load(home: Path) -> None:
             by_peer.setdefault(r["peer"], []).append(r["event"])
     for peer, events in by_peer.items():
         assert events[0] == "connect", (peer, events)
-        ends = [e for e in events if e in ("closed", "error")]
-        assert len(ends) == 1, (peer, events)  # one line for how each connection ended
+        # The kernel may hand a closed connection's port to a new one: split at "connect".
+        starts = [i for i, e in enumerate(events) if e == "connect"]
+        for a, b in zip(starts, [*starts[1:], len(events)], strict=True):
+            ends = [e for e in events[a:b] if e in ("closed", "error")]
+            assert len(ends) == 1, (peer, events)  # one line for how each connection ended
     assert list(srv.inbox.iterdir()) == []
     failed = [r for r in records if r["event"] == "upload-failed"]
     assert sorted(r["file"] for r in failed) == ["cut.bin", "wrong.bin"]
