@@ -27,6 +27,7 @@ from protocol import (
     ServerConnection,
     State,
 )
+from transport import KxpStream, TransportError
 
 from .scenarios import END_MARK, MODE_BULK, MODE_PING, READ_SIZE
 
@@ -209,3 +210,82 @@ async def serve(
         pass
     finally:
         writer.close()
+
+
+# ---------------------------------------------------------------------- transport.KxpStream
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class StreamKxpPeer:
+    """A kexlab connection through ``transport.KxpStream``: the pump ``server``/``client`` use."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: KxpStream) -> None:
+        self.stream = stream
+
+    def send(self, data: bytes) -> None:
+        """``send_nowait``: sealed now, written with the rest of this loop turn's records."""
+        self.stream.send_nowait(data)
+
+    async def drain(self) -> None:
+        """``KxpStream.drain``."""
+        await self.stream.drain()
+
+    async def receive_exact(self, n: int) -> bytes:
+        """Messages (``recv``) until ``n`` bytes have come, joined."""
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            data = await self.stream.recv()
+            if data is None:
+                raise BenchError("connection closed")
+            parts.append(data)
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def request(self, data: bytes, n: int) -> bytes:
+        """``send`` then ``recv``, as ``ClientSession.request`` does."""
+        await self.stream.send(data)
+        return await self.receive_exact(n)
+
+    async def close(self) -> None:
+        """``KxpStream.close``: close_notify both ways."""
+        await self.stream.close()
+
+
+async def stream_connect(host: str, port: int, conn: ClientConnection) -> StreamKxpPeer:
+    """``KxpStream.connect`` and ``do_handshake``."""
+    stream = await KxpStream.connect(host, port, conn)
+    try:
+        await stream.do_handshake(HANDSHAKE_TIMEOUT)
+    except (TransportError, ProtocolError) as exc:
+        await stream.wait_closed()
+        raise BenchError(f"handshake failed: {exc}") from None
+    return StreamKxpPeer(stream)
+
+
+async def stream_serve(
+    config: ServerConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """The bench server over ``KxpStream``: ``recv`` and ``send`` as the echo app does."""
+    stream = KxpStream(ServerConnection(config), reader, writer)
+    mode = b""
+    count = 0
+    try:
+        await stream.do_handshake(HANDSHAKE_TIMEOUT)
+        while (data := await stream.recv()) is not None:
+            if not mode:
+                mode = data[:1]
+            elif mode == MODE_PING:
+                await stream.send(data)
+            elif mode == MODE_BULK:
+                count += len(data)
+                if data and data[-1] == END_MARK:
+                    await stream.send(count.to_bytes(8, "big"))
+                    count = 0
+    except (TransportError, ProtocolError):
+        pass
+    finally:
+        await stream.wait_closed()

@@ -30,6 +30,8 @@ from .scenarios import (
     IDLE_CONNECTIONS,
     MALLOC_ENV,
     PAIRING_BY_NAME,
+    STREAM_BULK_SIZES,
+    STREAM_IMPL,
 )
 from .summary import summarise
 
@@ -289,7 +291,8 @@ def _handshakes(s: Session, name: str) -> Result:
 
 def _bulk(s: Session, size_name: str) -> Result:
     size = BULK_SIZES[size_name]
-    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp")}
+    impls = ("kexlab", "tls", "tcp", *((STREAM_IMPL,) if size in STREAM_BULK_SIZES else ()))
+    runs: dict[str, list[Result]] = {impl: [] for impl in impls}
     for _ in range(s.plan.repeats):
         for impl in runs:
             job = {
@@ -304,14 +307,19 @@ def _bulk(s: Session, size_name: str) -> Result:
             runs[impl].append(s.ask(job))
     out: Result = {"size": size, "cpu_us_per_message": {}}
     for impl, impl_runs in runs.items():
-        out[impl] = round(_best(impl_runs, "mb_s")["mb_s"], 2)
+        out[_key(impl)] = round(_best(impl_runs, "mb_s")["mb_s"], 2)
         out["cpu_us_per_message"][impl] = _cpu(impl_runs)
-        s.progress(f"bulk {size_name}: {impl} {out[impl]:,.0f} MB/s")
+        s.progress(f"bulk {size_name}: {impl} {out[_key(impl)]:,.0f} MB/s")
     return out
 
 
+def _key(impl: str) -> str:
+    """The result key of an implementation (``kexlab-stream`` -> ``kexlab_stream``)."""
+    return impl.replace("-", "_")
+
+
 def _pingpong(s: Session) -> Result:
-    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp")}
+    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp", STREAM_IMPL)}
     for _ in range(s.plan.repeats):
         for impl in runs:
             job = {
@@ -325,9 +333,9 @@ def _pingpong(s: Session) -> Result:
             runs[impl].append(s.ask(job))
     out: Result = {"cpu_us_per_round_trip": {}}
     for impl, impl_runs in runs.items():
-        out[impl] = round(_best(impl_runs, "rate")["rate"], 1)
+        out[_key(impl)] = round(_best(impl_runs, "rate")["rate"], 1)
         out["cpu_us_per_round_trip"][impl] = _cpu(impl_runs)
-        s.progress(f"ping-pong: {impl} {out[impl]:,.0f} round trips/s")
+        s.progress(f"ping-pong: {impl} {out[_key(impl)]:,.0f} round trips/s")
     return out
 
 

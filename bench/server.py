@@ -48,6 +48,9 @@ async def _listen(impl: str, directory: Path) -> tuple[list[asyncio.Server], dic
     if impl == "kexlab":
         handler = functools.partial(kxp.serve, kexlab_config(directory))
         await add("kexlab", await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG))
+    elif impl == "kexlab-stream":
+        handler = functools.partial(kxp.stream_serve, kexlab_config(directory))
+        await add("kexlab", await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG))
     elif impl == "tcp":
         await add("tcp", await asyncio.start_server(tls.serve, HOST, 0, backlog=BACKLOG))
     else:
@@ -73,7 +76,7 @@ async def run(impl: str, directory: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the server process."""
     parser = argparse.ArgumentParser(prog="python -m bench.server")
-    parser.add_argument("--impl", choices=("kexlab", "tls", "tcp"), required=True)
+    parser.add_argument("--impl", choices=("kexlab", "kexlab-stream", "tls", "tcp"), required=True)
     parser.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
     raise_fd_limit(IDLE_CONNECTIONS * 2 + 256)

@@ -8,6 +8,13 @@ back) and an eavesdropper all use it as it is.
 One task reads a stream (``next_event`` and the helpers built on it); any task may
 send. ``writer.write`` is synchronous and the core hands out its bytes in order, so
 writes from several tasks never interleave inside a frame.
+
+Records queued with ``send_nowait`` in one turn of the event loop leave in one
+``write`` (at the end of the turn, with the next ``send``, before the reader waits for
+the socket, or once COALESCE bytes are waiting), so small messages do not cost a
+system call each; ``send`` writes at once. Sent records are taken out of the core
+at once: whatever the reader then finds in ``data_to_send`` is its own answer
+(a handshake flight, close_notify, a requested key_update), the only bytes it waits on.
 """
 
 from __future__ import annotations
@@ -42,7 +49,10 @@ EventHook = Callable[[Event], None]
 PskProvider = Callable[[str], Awaitable[bytes | None]]
 """Server: find the key of a PSK identity the configuration does not hold (None: unknown)."""
 
-READ_SIZE = 65536
+READ_SIZE = 262144
+"""Bytes asked of the socket per read: a full 64 KiB record plus its frame fits one read."""
+COALESCE = 16384
+"""Bytes of sealed records that may wait for the end of the loop turn; more go out at once."""
 DEFAULT_CLOSE_WAIT = 2.0
 FAIR_BURST = 32
 """Events handed out before the reading task lets others run (see ``next_event``)."""
@@ -95,6 +105,10 @@ class KxpStream:
         self._close_sent = False
         self._psk_wait: asyncio.Future[bytes | None] | None = None
         self._burst = 0
+        self._pending: list[bytes] = []  # sealed records taken from the core, not yet written
+        self._queued = 0
+        self._scheduled = False
+        self._replied = False  # the reader wrote answers of its own since its last read
 
     # ------------------------------------------------------------------ opening
 
@@ -154,17 +168,22 @@ class KxpStream:
                 # before taking an event means a cancellation here loses none.
                 self._burst = 0
                 await asyncio.sleep(0)
+            conn = self.conn
             try:
-                event = self.conn.next_event()
+                event = conn.next_event()
             except ProtocolError:
                 await self._flush(quiet=True)
                 self._close_socket()
                 raise
             # The core may have queued an answer (a handshake flight, close_notify, a requested
-            # key_update): only then does the reader wait for the socket. Waiting on backpressure
-            # from another task's sends would stop it reading, and a peer doing the same (an
-            # echo server blocked on its own writes) would then wait on us forever.
-            await self._flush(quiet=self.closed, backpressure=False)
+            # key_update): it is written now, and only then does the reader wait for the socket,
+            # once, before its next read. Waiting on backpressure from another task's sends
+            # would stop it reading, and a peer doing the same (an echo server blocked on its
+            # own writes) would then wait on us forever.
+            answer = conn.data_to_send()
+            if answer:
+                self._replied = True
+                self._write_quietly(answer)
             if event is not None:
                 self._note(event)
                 if self.on_event is not None:
@@ -174,6 +193,10 @@ class KxpStream:
             if self.closed:
                 self._close_socket()
                 return None
+            self._write_quietly()  # a request leaves before we wait for its answer
+            if self._replied:
+                self._replied = False
+                await self._flush(backpressure=False)
             await self._read()
 
     async def _read(self) -> None:
@@ -190,6 +213,8 @@ class KxpStream:
             self.conn.receive_eof()
 
     def _note(self, event: Event) -> None:
+        if type(event) is DataReceived:
+            return
         if isinstance(event, AlertReceived) and event.fatal:
             self.peer_alert = event
         elif isinstance(event, HandshakeComplete):
@@ -275,13 +300,26 @@ class KxpStream:
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` as application_data (one record per 65536 bytes) and wait for the socket."""
-        self.send_nowait(data)
+        # Written at once, not at the end of the turn: the caller usually awaits an answer
+        # next, and a deferred write would cost the event loop an extra pass per message.
+        self.conn.send_data(data)
         await self._flush()
 
     def send_nowait(self, data: bytes) -> None:
-        """Queue ``data`` on the socket without waiting (check ``write_buffer_size``)."""
-        self.conn.send_data(data)
-        self._write(self.conn.data_to_send())
+        """Queue ``data`` for the socket without waiting (check ``write_buffer_size``)."""
+        conn = self.conn
+        conn.send_data(data)
+        self._pending.append(conn.data_to_send())
+        self._queued += len(data)
+        if self._queued >= COALESCE:
+            self._write()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._end_of_turn)
+
+    async def drain(self) -> None:
+        """Write what is queued and wait while the socket's buffer is over its high-water mark."""
+        await self._flush()
 
     async def key_update(self, request_update: bool = True) -> None:
         """Switch our sending key; with ``request_update`` the peer switches its own too (§6)."""
@@ -292,7 +330,7 @@ class KxpStream:
     def write_buffer_size(self) -> int:
         """Bytes written but not yet taken by the kernel: a peer that does not read grows it."""
         transport = self.writer.transport
-        return 0 if transport.is_closing() else transport.get_write_buffer_size()
+        return 0 if transport.is_closing() else transport.get_write_buffer_size() + self._queued
 
     # ------------------------------------------------------------------ ending
 
@@ -350,7 +388,24 @@ class KxpStream:
 
     # ------------------------------------------------------------------ bytes out
 
-    def _write(self, data: bytes) -> None:
+    def _end_of_turn(self) -> None:
+        self._scheduled = False
+        self._write_quietly()
+
+    def _write_quietly(self, data: bytes = b"") -> None:
+        """``_write``, for callers that learn of a failed socket on their next read or drain."""
+        with contextlib.suppress(OSError, RuntimeError):
+            self._write(data)
+
+    def _write(self, data: bytes = b"") -> None:
+        """Write the queued records, then ``data``, in one ``write``."""
+        pending = self._pending
+        if pending:
+            if data:
+                pending.append(data)
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            self._queued = 0
         if not data or self._socket_closed:
             return
         if self.writer.transport.is_closing():
@@ -372,7 +427,14 @@ class KxpStream:
             data = self.conn.data_to_send()
             self._write(data)
             if not quiet and not self._socket_closed and (data or backpressure):
-                await self.writer.drain()
+                transport = self.writer.transport
+                # Under the low-water mark asyncio's flow control is never paused: drain()
+                # would return at once, through two coroutines.
+                if (
+                    transport.is_closing()
+                    or transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]
+                ):
+                    await self.writer.drain()
         except (OSError, RuntimeError) as exc:
             if quiet:
                 return
@@ -381,6 +443,7 @@ class KxpStream:
 
     def _close_socket(self) -> None:
         if not self._socket_closed:
+            self._write_quietly()  # records sent this turn go before the socket closes
             self._socket_closed = True
             self.writer.close()
 
