@@ -232,6 +232,19 @@ def tshark_fields(
     return [line.split("|") for line in proc.stdout.splitlines()]
 
 
+@dataclass
+class Rows:
+    """tshark rows of one session, split by direction; each field flattened over frames."""
+
+    client: list[dict[str, str]]
+    server: list[dict[str, str]]
+
+    def values(self, side: str, field: str) -> list[str]:
+        """Every value of ``field`` in one direction, in wire order."""
+        rows = self.client if side == "client" else self.server
+        return [v for row in rows for v in row[field].split(",") if v]
+
+
 def assert_no_lua_error(stderr: str) -> None:
     """tshark exits 0 after a Lua error, so its stderr is the only witness."""
     lowered = stderr.lower()

@@ -19,10 +19,12 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oob import EmbeddedBroker, MqttSettings
+from oob.settings import connect
 
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO_DIR = REPO / "oob" / "mosquitto"
@@ -214,3 +216,23 @@ async def assert_no_stray_tasks() -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"tasks left running: {stray}")
+
+
+@contextlib.asynccontextmanager
+async def subscriber(settings: MqttSettings, topic: str = "kexlab/#") -> AsyncIterator[list[Any]]:
+    """A plain MQTT subscriber (an eavesdropper, or a wire check): the messages it got."""
+    received: list[Any] = []
+    async with connect(settings) as client:
+        await client.subscribe(topic, qos=1)
+
+        async def pump() -> None:
+            async for message in client.messages:
+                received.append(message)
+
+        task = asyncio.create_task(pump())
+        try:
+            yield received
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,29 @@ def one_error_line(stderr: str) -> str:
 def iter_lines(text: str) -> Iterator[str]:
     """Non-empty lines."""
     return (line for line in text.splitlines() if line.strip())
+
+
+@contextlib.asynccontextmanager
+async def server_maker(home: Path, psks: dict[str, bytes]) -> AsyncIterator[Callable[..., Any]]:
+    """``make(**options)`` starts an in-process KexlabServer on a free loopback port (keys in
+    ``home``) and returns it with its Recorder; every server is shut down on exit."""
+    servers: list[KexlabServer] = []
+
+    async def make(**kw: object) -> tuple[KexlabServer, Recorder]:
+        key = home_key(home)
+        options = ServerOptions(
+            host="127.0.0.1", port=0, rsa_key=key, sign_key=key, psks=psks, inbox=home / "inbox"
+        )
+        for k, v in kw.items():
+            setattr(options, k, v)
+        recorder = Recorder()
+        srv = KexlabServer(options, recorder)
+        await srv.start()
+        servers.append(srv)
+        return srv, recorder
+
+    try:
+        yield make
+    finally:
+        for srv in servers:
+            await srv.shutdown(grace=1.0)

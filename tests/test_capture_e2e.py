@@ -27,7 +27,7 @@ from typing import Any
 import dpkt  # type: ignore[import-untyped]
 import pytest
 import typer
-from kxp_sessions import TCPDUMP, TSHARK, tcpdump, tshark_fields
+from kxp_sessions import TCPDUMP, TSHARK, Rows, tcpdump, tshark_fields
 from oob_brokers import Mosquitto
 from support_net import KEXLAB, ServerProcess, cached_rsa_key, free_port, home_key
 from typer.testing import CliRunner
@@ -217,20 +217,7 @@ def test_tcpdump_saw_the_same_connections_and_the_broker(lab: Lab) -> None:
 # --------------------------------------------------------------------------- tshark
 
 
-@dataclass
-class Conversation:
-    """tshark rows of one TCP stream, split by direction, each field flattened over frames."""
-
-    client: list[dict[str, str]]
-    server: list[dict[str, str]]
-
-    def values(self, side: str, field: str) -> list[str]:
-        """Every value of ``field`` sent by ``side``, in wire order."""
-        rows = self.client if side == "client" else self.server
-        return [v for row in rows for v in row[field].split(",") if v]
-
-
-def _conversations(lab: Lab, name: str) -> dict[str, Conversation]:
+def _conversations(lab: Lab, name: str) -> dict[str, Rows]:
     rows = tshark_fields(lab.capture(name), FIELDS, lab.tmp / "wireshark-home")
     streams: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
@@ -239,7 +226,7 @@ def _conversations(lab: Lab, name: str) -> dict[str, Conversation]:
         streams[record["tcp.stream"]].append(record)
     out = {}
     for stream_rows in streams.values():
-        conv = Conversation(
+        conv = Rows(
             [r for r in stream_rows if r["tcp.dstport"] == str(lab.port)],
             [r for r in stream_rows if r["tcp.srcport"] == str(lab.port)],
         )

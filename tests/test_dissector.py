@@ -24,6 +24,7 @@ from kxp_sessions import (
     LabKeys,
     LiveResult,
     Recorded,
+    Rows,
     assert_no_lua_error,
     client_config,
     lab_keys,
@@ -71,19 +72,6 @@ PORTS = {"rsa": 50001, "dhe": 50002, "psk": 50003, "dhe384": 50004, "alert": 500
 HEURISTIC_PORT = 4433
 HEURISTIC_CLIENT = 50006
 OTHER_PORT = 4434
-
-
-@dataclass
-class Rows:
-    """tshark rows of one session, split by direction; each field flattened over frames."""
-
-    client: list[dict[str, str]]
-    server: list[dict[str, str]]
-
-    def values(self, side: str, field: str) -> list[str]:
-        """Every value of ``field`` in one direction, in wire order."""
-        rows = self.client if side == "client" else self.server
-        return [v for row in rows for v in row[field].split(",") if v]
 
 
 def session_rows(rows: list[list[str]], client_port: int) -> Rows:

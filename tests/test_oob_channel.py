@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -20,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oob_brokers import LabBroker, assert_no_stray_tasks, free_port, make_broker, running
+from oob_brokers import (
+    LabBroker,
+    assert_no_stray_tasks,
+    free_port,
+    make_broker,
+    running,
+    subscriber,
+)
 
 from oob import (
     CONNECT_TIMEOUT,
@@ -68,26 +74,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@contextlib.asynccontextmanager
-async def subscriber(settings: MqttSettings, topic: str) -> AsyncIterator[list[Any]]:
-    """A plain MQTT subscriber (an eavesdropper, or a wire check): the messages it got."""
-    received: list[Any] = []
-    async with connect(settings) as client:
-        await client.subscribe(topic, qos=1)
-
-        async def pump() -> None:
-            async for message in client.messages:
-                received.append(message)
-
-        task = asyncio.create_task(pump())
-        try:
-            yield received
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:

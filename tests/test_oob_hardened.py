@@ -8,14 +8,12 @@ does (not) arrive within a bounded wait, never on an error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
 import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -29,6 +27,7 @@ from oob_brokers import (
     Mosquitto,
     assert_no_stray_tasks,
     running,
+    subscriber,
 )
 
 from oob import (
@@ -62,26 +61,6 @@ async def hardened(tmp_path: Path) -> AsyncIterator[Mosquitto]:
     await assert_no_stray_tasks()
 
 
-@contextlib.asynccontextmanager
-async def eavesdropper(settings: MqttSettings, topic: str = "kexlab/#") -> AsyncIterator[list[Any]]:
-    """A subscriber on ``topic`` that records whatever the broker lets it see."""
-    received: list[Any] = []
-    async with connect(settings) as client:
-        await client.subscribe(topic, qos=1)
-
-        async def pump() -> None:
-            async for message in client.messages:
-                received.append(message)
-
-        task = asyncio.create_task(pump())
-        try:
-            yield received
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
 async def test_eavesdropper_reads_nothing_while_the_server_gets_the_key(
     hardened: Mosquitto,
 ) -> None:
@@ -89,8 +68,8 @@ async def test_eavesdropper_reads_nothing_while_the_server_gets_the_key(
     client = hardened.settings(CLIENT_USER)
     async with (
         ServerChannel(hardened.settings(SERVER_USER), SID, **FAST) as channel,
-        eavesdropper(client) as eve_as_client,
-        eavesdropper(hardened.settings(GUEST_USER)) as eve_as_guest,
+        subscriber(client) as eve_as_client,
+        subscriber(hardened.settings(GUEST_USER)) as eve_as_guest,
     ):
         assert await channel.wait_ready(5)
         await publish_psk(client, SID, identity, key, ttl=60)

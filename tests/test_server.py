@@ -12,6 +12,7 @@ from support_net import (  # noqa: F401  (home_fixture provides the `home` fixtu
     Recorder,
     home_fixture,
     home_key,
+    server_maker,
 )
 
 from client.session import ClientOptions, ClientSession, SessionError
@@ -19,7 +20,7 @@ from protocol import AlertCode, FrameType, Kex, TrustVerdict, encode_frame, pars
 from protocol.messages import Alert
 from server import apps
 from server.inbox import Inbox, Upload, UploadError, safe_name
-from server.server import KexlabServer, ServerOptions
+from server.server import KexlabServer
 from transport import ConnectionLost, PeerAlert
 from transport.control import OP_FILE, decode_control, encode_control
 
@@ -28,24 +29,8 @@ PSKS = {"alice": b"a" * 32, "bob": b"b" * 32, "carol": b"c" * 32}
 
 @pytest.fixture
 async def make_server(home: Path) -> AsyncIterator:
-    servers: list[KexlabServer] = []
-
-    async def make(**kw: object) -> tuple[KexlabServer, Recorder]:
-        key = home_key(home)
-        options = ServerOptions(
-            host="127.0.0.1", port=0, rsa_key=key, sign_key=key, psks=PSKS, inbox=home / "inbox"
-        )
-        for k, v in kw.items():
-            setattr(options, k, v)
-        recorder = Recorder()
-        srv = KexlabServer(options, recorder)
-        await srv.start()
-        servers.append(srv)
-        return srv, recorder
-
-    yield make
-    for srv in servers:
-        await srv.shutdown(grace=1.0)
+    async with server_maker(home, PSKS) as make:
+        yield make
 
 
 async def connect(

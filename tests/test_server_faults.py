@@ -34,6 +34,7 @@ from support_net import (  # noqa: F401  (home_fixture provides the `home` fixtu
     Recorder,
     home_fixture,
     home_key,
+    server_maker,
 )
 
 from cli.output import ServerLog
@@ -71,24 +72,8 @@ def trust_all(identity: object) -> TrustVerdict:
 
 @pytest.fixture
 async def make_server(home: Path) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[KexlabServer] = []
-
-    async def make(**kw: object) -> tuple[KexlabServer, Recorder]:
-        key = home_key(home)
-        options = ServerOptions(
-            host="127.0.0.1", port=0, rsa_key=key, sign_key=key, psks=PSKS, inbox=home / "inbox"
-        )
-        for k, v in kw.items():
-            setattr(options, k, v)
-        recorder = Recorder()
-        srv = KexlabServer(options, recorder)
-        await srv.start()
-        servers.append(srv)
-        return srv, recorder
-
-    yield make
-    for srv in servers:
-        await srv.shutdown(grace=1.0)
+    async with server_maker(home, PSKS) as make:
+        yield make
 
 
 def options(port: int, kex: Kex = Kex.DHE, **kw: object) -> ClientOptions:
