@@ -19,8 +19,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from protocol.client_connection import sha256_hex
-from protocol.kex import ServerPrivateKey, ServerPublicKey, spki
+from protocol.kex import ServerPrivateKey, ServerPublicKey, sha256_hex, spki
 
 KeyKind = Literal["rsa", "ed25519"]
 PrivateKey = ServerPrivateKey

@@ -4,7 +4,7 @@ Feed bytes in, take events and bytes out. See ``docs/protocol.md``.
 """
 
 from .alerts import AlertCode, LocalProtocolError, ProtocolError, RemoteProtocolError, alert_name
-from .client_connection import ClientConnection, sha256_hex
+from .client_connection import ClientConnection
 from .config import (
     ClientConfig,
     ServerConfig,
@@ -40,6 +40,7 @@ from .events import (
     PskNeeded,
 )
 from .frames import Frame, FrameDecoder, encode_frame
+from .kex import sha256_hex
 from .keyschedule import keylog_lines, parse_keylog, sas_display
 from .server_connection import ServerConnection
 

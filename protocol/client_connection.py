@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.constant_time import bytes_eq
 
@@ -12,17 +11,18 @@ from .connection import Connection, State
 from .constants import PREMASTER_LEN, RANDOM_LEN, SUITES, FrameType, Group, Kex
 from .events import HandshakeComplete
 from .frames import Frame
-from .kex import GROUPS, DHPrivate, ServerPublicKey, load_server_key, rsa_wrap, verify_signature
+from .kex import (
+    GROUPS,
+    DHPrivate,
+    ServerPublicKey,
+    load_server_key,
+    rsa_wrap,
+    sha256_hex,
+    verify_signature,
+)
 from .keyschedule import HandshakeSecrets, KeySchedule, TranscriptHash
 from .messages import ClientHello, Finished, KeyTransport, ServerHello, ServerSignature
 from .records import RecordReceiver, RecordSender
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex SHA-256 (server key fingerprints)."""
-    h = hashes.Hash(hashes.SHA256())
-    h.update(data)
-    return h.finalize().hex()
 
 
 class ClientConnection(Connection):

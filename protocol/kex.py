@@ -305,6 +305,13 @@ def spki(key: ServerPublicKey | ServerPrivateKey) -> bytes:
     )
 
 
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 (server key fingerprints)."""
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize().hex()
+
+
 def load_server_key(der: bytes, *, rsa_only: bool) -> ServerPublicKey:
     """Parse SERVER_HELLO.server_key; anything unusable is bad_certificate (§3)."""
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.constant_time import bytes_eq
 
 from .alerts import AlertCode, LocalProtocolError, RemoteProtocolError
-from .client_connection import sha256_hex
 from .config import ServerConfig, check_psk_identity
 from .connection import Connection, State
 from .constants import (
@@ -22,7 +21,7 @@ from .constants import (
 )
 from .events import HandshakeComplete, PskNeeded
 from .frames import Frame
-from .kex import GROUPS, rsa_unwrap, scheme_for, signed_content, spki
+from .kex import GROUPS, rsa_unwrap, scheme_for, sha256_hex, signed_content, spki
 from .keyschedule import HandshakeSecrets, KeySchedule, TranscriptHash
 from .messages import ClientHello, Finished, KeyTransport, ServerHello, ServerSignature
 from .records import RecordReceiver, RecordSender

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 
 from protocol import client_connection
 from protocol.alerts import AlertCode, RemoteProtocolError
-from protocol.client_connection import ClientConnection, sha256_hex
+from protocol.client_connection import ClientConnection
 from protocol.config import ClientConfig, ServerConfig, ServerIdentity, TrustVerdict
 from protocol.connection import Connection, State
 from protocol.constants import (
@@ -48,6 +48,7 @@ from protocol.kex import (
     Signer,
     load_server_key,
     rsa_unwrap,
+    sha256_hex,
     signed_content,
     spki,
     verify_signature,
