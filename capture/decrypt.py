@@ -1,7 +1,7 @@
 """Find KXP sessions in a capture and decrypt their records (``kexlab decrypt``).
 
 A passive observer holds the transcript and nothing else. What turns it into
-plaintext, per session (PROTOCOL.md §5, §9):
+plaintext, per session (docs/protocol.md §5, §9):
 
 - a key log line for the session's client_random gives the traffic secrets;
 - rsa: the server's RSA private key decrypts KEY_TRANSPORT, so the premaster and

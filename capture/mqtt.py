@@ -1,4 +1,4 @@
-"""PSKs published on the out-of-band channel (PROTOCOL.md §8), found in a capture.
+"""PSKs published on the out-of-band channel (docs/protocol.md §8), found in a capture.
 
 MQTT without TLS carries every PUBLISH in the clear, so whoever records the
 broker's traffic holds every PSK handed over on ``kexlab/v1/<server_id>/psk/<identity>``:

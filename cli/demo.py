@@ -2,7 +2,7 @@
 
 Everything is real: TCP on a free loopback port, keys made in a temporary directory,
 the PSK generated and handed to both sides "by hand" (printed, then passed), frames
-annotated as they cross. Then the same over MQTT (PROTOCOL.md §8): an embedded broker on
+annotated as they cross. Then the same over MQTT (docs/protocol.md §8): an embedded broker on
 a free loopback port, a PSK delivered over it, the server's fingerprint pinned from it,
 and each session's SAS compared over it (frames are not shown again for these). It ends
 with a table of each session's SAS as both sides saw it.
@@ -241,7 +241,7 @@ async def _over_mqtt(
     console: Console, keys: ServerKeys, tmp: Path, observer: _ServerSide, show_secrets: bool
 ) -> list[tuple[HandshakeComplete, float]]:
     """psk delivered, fingerprint pinned and SAS compared over an embedded MQTT broker."""
-    console.print(Rule("out of band over MQTT (PROTOCOL.md section 8)"))
+    console.print(Rule("out of band over MQTT (docs/protocol.md section 8)"))
     async with EmbeddedBroker("127.0.0.1", 0) as broker:
         settings = MqttSettings.from_url(broker.url, env={})
         console.print(

@@ -1,4 +1,4 @@
-"""The client's side of the out-of-band channel (PROTOCOL.md §8).
+"""The client's side of the out-of-band channel (docs/protocol.md §8).
 
 Before connecting: hand the server a fresh PSK (``--kex psk --oob``) and/or read and pin
 its announced fingerprint (``--trust mqtt``). After the handshake: compare the full SAS

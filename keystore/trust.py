@@ -191,7 +191,7 @@ class MqttPinPolicy(PinPolicy):
     """``--trust mqtt``: a pin whose SHA-256 the client reads from the broker before connecting.
 
     The broker is the authority here: whoever may write the server's ``fingerprint``
-    topic decides which key this client accepts (PROTOCOL.md §8).
+    topic decides which key this client accepts (docs/protocol.md §8).
     """
 
     name = "mqtt"

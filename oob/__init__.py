@@ -1,4 +1,4 @@
-"""The out-of-band channel over MQTT (PROTOCOL.md §8): the only package that speaks MQTT.
+"""The out-of-band channel over MQTT (docs/protocol.md §8): the only package that speaks MQTT.
 
 - ``MqttSettings``: broker URL, credentials, CA (also from KEXLAB_MQTT_* variables).
 - Server side: ``ServerChannel`` (PSK table fed from ``psk/+``, retained ``fingerprint``).

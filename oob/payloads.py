@@ -1,4 +1,4 @@
-"""Topics and payloads of the out-of-band channel (PROTOCOL.md §8): pure functions, no MQTT.
+"""Topics and payloads of the out-of-band channel (docs/protocol.md §8): pure functions, no MQTT.
 
 Everything that arrives from a broker is untrusted input: each parser either returns a
 well-formed value or raises ``MalformedPayload`` with one human line saying why.

@@ -1,4 +1,4 @@
-"""The server's bounded table of keys handed to it out of band (PROTOCOL.md §8)."""
+"""The server's bounded table of keys handed to it out of band (docs/protocol.md §8)."""
 
 from __future__ import annotations
 

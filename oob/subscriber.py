@@ -32,7 +32,7 @@ from .settings import CONNECT_TIMEOUT, MqttSettings, OobError, connect
 
 log = logging.getLogger("kexlab.oob")
 
-# PROTOCOL.md §8: the default time a server waits for an identity it does not know yet.
+# docs/protocol.md §8: the default time a server waits for an identity it does not know yet.
 DEFAULT_PSK_WAIT = 3.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 10.0

@@ -1,4 +1,4 @@
-"""Alert codes (PROTOCOL.md §7) and the one error root every protocol failure uses."""
+"""Alert codes (docs/protocol.md §7) and the one error root every protocol failure uses."""
 
 from __future__ import annotations
 

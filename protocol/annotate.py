@@ -1,4 +1,4 @@
-"""Annotated frames (PROTOCOL.md §1, §3, §6): every byte of a frame named and explained.
+"""Annotated frames (docs/protocol.md §1, §3, §6): every byte of a frame named and explained.
 
 ``annotate_frame`` splits one frame into rows — offset, field, bytes, meaning — whose
 bytes tile the frame exactly, so a reader can follow a handshake byte by byte. It is
@@ -48,7 +48,7 @@ UNDECODABLE = "undecodable"
 SECRET_OFFSET = -1
 """``Row.offset`` of a derived value that never crosses the wire (``annotate_secrets``)."""
 
-# Every field name annotate_frame can produce, header first (PROTOCOL.md §1, §3, §6).
+# Every field name annotate_frame can produce, header first (docs/protocol.md §1, §3, §6).
 FIELDS = (
     "magic",
     "ver",

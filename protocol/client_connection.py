@@ -1,4 +1,4 @@
-"""The client's side of the handshake (PROTOCOL.md §3, §4, §5)."""
+"""The client's side of the handshake (docs/protocol.md §3, §4, §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sans-I/O connection core shared by both roles (PROTOCOL.md §1, §4, §6, §7).
+"""The sans-I/O connection core shared by both roles (docs/protocol.md §1, §4, §6, §7).
 
 A caller feeds received bytes (``receive_data``), drains ``next_event`` until it
 returns None, sends what ``data_to_send`` returns, and drives the handshake timeout

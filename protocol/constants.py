@@ -1,4 +1,4 @@
-"""Code points and limits of KXP/1 (PROTOCOL.md §1, §2, §3, §6): the one table to extend."""
+"""Code points and limits of KXP/1 (docs/protocol.md §1, §2, §3, §6): the one table to extend."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frames (PROTOCOL.md §1): encoding and an incremental decoder with the header checks in order."""
+"""Frames (docs/protocol.md §1): encoding and an incremental decoder with the header checks in order."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Key exchange primitives (PROTOCOL.md §2, §3, §5): DH groups, RSA-OAEP transport, signatures.
+"""Key exchange primitives (docs/protocol.md §2, §3, §5): DH groups, RSA-OAEP transport, signatures.
 
 Every primitive is ``cryptography``'s; this module only chooses parameters, encodes
 shares as §2 says, and translates library exceptions into the protocol's alerts at

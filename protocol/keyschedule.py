@@ -1,4 +1,4 @@
-"""Key schedule (PROTOCOL.md §5), transcript hash (§4), SAS and key log lines (§5, §9)."""
+"""Key schedule (docs/protocol.md §5), transcript hash (§4), SAS and key log lines (§5, §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Handshake messages (PROTOCOL.md §3) as frozen dataclasses with strict encode/decode.
+"""Handshake messages (docs/protocol.md §3) as frozen dataclasses with strict encode/decode.
 
 Decoding checks structure only (lengths, trailing bytes, known code points of the
 wire format itself); what a field *means* for the negotiation (§3 parsing rules

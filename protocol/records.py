@@ -1,4 +1,4 @@
-"""Records (PROTOCOL.md §6): AES-GCM seal/open with per-direction sequence numbers and key updates.
+"""Records (docs/protocol.md §6): AES-GCM seal/open with per-direction sequence numbers and key updates.
 
 ``RecordSender`` and ``RecordReceiver`` each hold one direction's traffic secret.
 They know nothing of handshakes, so a passive decryptor (key log + capture) uses

@@ -1,4 +1,4 @@
-"""The server's side of the handshake (PROTOCOL.md §3, §4, §5)."""
+"""The server's side of the handshake (docs/protocol.md §3, §4, §5)."""
 
 from __future__ import annotations
 

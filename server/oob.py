@@ -1,4 +1,4 @@
-"""The server's side of the out-of-band channel (PROTOCOL.md §8), wired into a KexlabServer.
+"""The server's side of the out-of-band channel (docs/protocol.md §8), wired into a KexlabServer.
 
 ``ServerOob`` runs one ``oob.ServerChannel`` for the server's lifetime: keys arriving on
 ``psk/+`` feed the PSK lookup, an identity nobody knows yet is waited for (``--psk-wait``),

@@ -1,4 +1,4 @@
-"""Shared fixtures: the spec's vectors (read from ../shared at test time) and hypothesis profiles."""
+"""Shared fixtures: the spec's vectors (tests/vectors) and hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parent.parent
-VECTORS = REPO.parent / "shared" / "vectors"
+VECTORS = REPO / "tests" / "vectors"
 
 # CI runs every property with at least 5,000 examples (issue 2); a developer's run stays quick.
 settings.register_profile(
@@ -22,7 +22,7 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 
 
 def load_vector(name: str) -> dict[str, Any]:
-    """One JSON file from ../shared/vectors."""
+    """One JSON file from tests/vectors."""
     with open(VECTORS / name, encoding="utf-8") as fh:
         data: dict[str, Any] = json.load(fh)
     return data
@@ -39,6 +39,6 @@ def handshake_vector_names() -> list[str]:
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    """The shared vectors folder; its absence is a setup error, not a skip."""
+    """The vectors folder; its absence is a setup error, not a skip."""
     assert VECTORS.is_dir(), f"test vectors not found at {VECTORS}"
     return VECTORS

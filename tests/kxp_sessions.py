@@ -53,14 +53,14 @@ PSK = bytes(range(100, 132))
 
 @dataclass(frozen=True)
 class LabKeys:
-    """The long-term keys of the shared vectors (no slow RSA key generation in tests)."""
+    """The long-term keys of the spec's vectors (no slow RSA key generation in tests)."""
 
     rsa: rsa.RSAPrivateKey
     ed25519: ed25519.Ed25519PrivateKey
 
 
 def lab_keys() -> LabKeys:
-    """Load the RSA transport key and the Ed25519 identity key from ../shared/vectors."""
+    """Load the RSA transport key and the Ed25519 identity key from tests/vectors."""
     keys = load_vector("keys.json")
     rsa_key = serialization.load_der_private_key(
         bytes.fromhex(keys["rsa_transport_key_pkcs8"]), None

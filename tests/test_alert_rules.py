@@ -1,4 +1,4 @@
-"""Every alert rule of PROTOCOL.md, one test each: the AlertCode raised and the alert on the wire.
+"""Every alert rule of docs/protocol.md, one test each: the AlertCode raised and the alert on the wire.
 
 Before a side's handshake is complete its alert is a plaintext ALERT frame, read back with
 FrameDecoder + messages.Alert; after, it is an alert record, which the peer opens (§7).

@@ -1,4 +1,4 @@
-"""Frames and messages (PROTOCOL.md §1, §3, §6): golden bytes, one-byte-at-a-time decoding,
+"""Frames and messages (docs/protocol.md §1, §3, §6): golden bytes, one-byte-at-a-time decoding,
 bounded memory, and whole handshakes delivered byte by byte."""
 
 from __future__ import annotations

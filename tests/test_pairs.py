@@ -1,4 +1,4 @@
-"""In-memory client/server pairs (PROTOCOL.md §3-§7): every kex x suite x group x server auth.
+"""In-memory client/server pairs (docs/protocol.md §3-§7): every kex x suite x group x server auth.
 
 Both connections are driven by a small pump that moves bytes between them until
 neither has anything to send, so each test reads as the conversation it checks.

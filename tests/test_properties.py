@@ -1,5 +1,5 @@
 """Hostile input never breaks the core: it raises ProtocolError and nothing else, and a connection
-that raised is in State.ERROR for good with its alert queued (STYLE.md; PROTOCOL.md §1, §7).
+that raised is in State.ERROR for good with its alert queued (STYLE.md; docs/protocol.md §1, §7).
 
 Inputs: random bytes, frame-shaped random bytes, random CLIENT_HELLOs, real handshakes and records
 (replayed byte for byte with injected randomness) whose bytes are flipped, inserted, deleted or

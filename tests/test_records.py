@@ -1,4 +1,4 @@
-"""The record layer (PROTOCOL.md §5 key/iv/"traffic upd", §6 records) checked independently.
+"""The record layer (docs/protocol.md §5 key/iv/"traffic upd", §6 records) checked independently.
 
 ``RecordSender`` / ``RecordReceiver`` are compared against AES-GCM and HKDF computed here
 from the spec's formulas with ``cryptography`` directly, against the shared vectors, and

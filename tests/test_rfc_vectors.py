@@ -79,7 +79,7 @@ def test_rfc8448_file_covers_both_operations() -> None:
 
 
 def test_rfc8448_prefix_matters() -> None:
-    """RFC 8446 §7.1 vs PROTOCOL.md §5: the default "kexlab " prefix gives another output."""
+    """RFC 8446 §7.1 vs docs/protocol.md §5: the default "kexlab " prefix gives another output."""
     step = next(s for s in RFC8448_STEPS if s["op"] == "expand_label")
     out = hkdf_expand_label(
         hashes.SHA256(),
@@ -118,7 +118,7 @@ def test_rfc7748_x25519() -> None:
 
 @pytest.mark.parametrize("point", list(SMALL_ORDER.values()), ids=list(SMALL_ORDER))
 def test_rfc7748_small_order_share_is_illegal_parameter(point: str) -> None:
-    """RFC 7748 §6.1 (all-zero output check) and PROTOCOL.md §2: a small-order x25519 share
+    """RFC 7748 §6.1 (all-zero output check) and docs/protocol.md §2: a small-order x25519 share
     gives the all-zero secret and is refused with illegal_parameter."""
     alice = GROUPS[Group.X25519].generate(scripted(bytes.fromhex(ALICE_PRIVATE)))
     with pytest.raises(RemoteProtocolError) as exc:
@@ -127,7 +127,7 @@ def test_rfc7748_small_order_share_is_illegal_parameter(point: str) -> None:
 
 
 def test_all_zero_share_in_client_hello_is_refused_on_the_wire() -> None:
-    """RFC 7748 §6.1 and PROTOCOL.md §2, §7: a server sent an all-zero x25519 share answers
+    """RFC 7748 §6.1 and docs/protocol.md §2, §7: a server sent an all-zero x25519 share answers
     with a plaintext ALERT illegal_parameter."""
     cfg = ServerConfig(
         kex_methods=frozenset({Kex.DHE}),

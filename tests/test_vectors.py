@@ -1,4 +1,4 @@
-"""KXP/1 handshake vectors (../shared/vectors), replayed byte for byte as client and as server.
+"""KXP/1 handshake vectors (tests/vectors), replayed byte for byte as client and as server.
 
 Every random value is injected through a scripted ``rng``. RSA-OAEP and RSA-PSS are randomised
 inside ``cryptography``; for those the other direction is checked (decrypt the given

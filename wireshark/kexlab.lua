@@ -1,6 +1,6 @@
 -- kexlab.lua: a Wireshark dissector for KXP/1, the kexlab wire protocol.
 --
--- Every field is named as in PROTOCOL.md (the normative spec): the frame header
+-- Every field is named as in docs/protocol.md (the spec): the frame header
 -- (§1), the handshake messages (§3), alerts (§7) and the visible part of RECORD
 -- frames (§6: seq, ciphertext, tag; the content is encrypted). Frames that span
 -- TCP segments are reassembled with dissect_tcp_pdus. The dissector is registered
