@@ -22,6 +22,7 @@ from protocol import (
     DataReceived,
     Event,
     HandshakeComplete,
+    KexlabError,
     ProtocolError,
     ServerConfig,
     ServerConnection,
@@ -36,7 +37,7 @@ COALESCE = 16384
 """Bytes of sealed records that may wait for the end of the loop turn; more go out at once."""
 
 
-class BenchError(Exception):
+class BenchError(KexlabError):
     """A peer misbehaved during a measurement; ``str()`` is one line."""
 
 

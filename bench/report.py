@@ -10,6 +10,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from protocol import KexlabError
+
 from .scenarios import PAIRING_BY_NAME
 
 Result = dict[str, Any]
@@ -17,7 +19,7 @@ Result = dict[str, Any]
 PLOT_HINT = "--plot needs matplotlib: pip install 'kexlab[plot]'"
 
 
-class PlotUnavailable(Exception):
+class PlotUnavailable(KexlabError):
     """matplotlib is not installed."""
 
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.constant_time import bytes_eq
 
-from protocol.alerts import AlertCode, ProtocolError, alert_name
+from protocol.alerts import AlertCode, KexlabError, ProtocolError, alert_name
 from protocol.constants import (
     GROUP_NAMES,
     HEADER_LEN,
@@ -81,7 +81,7 @@ _START = MAGIC + bytes((VERSION,))
 Keylog = Mapping[bytes, Mapping[str, bytes]]
 
 
-class InputError(Exception):
+class InputError(KexlabError):
     """A key source given by the user cannot be used (unreadable file, bad format)."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import dpkt  # type: ignore[import-untyped]
 
+from protocol import KexlabError
+
 Address = tuple[str, int]
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
@@ -47,7 +49,7 @@ _MOD = 1 << 32
 _PARSE_ERRORS = (dpkt.Error, ValueError, struct.error, IndexError, TypeError, OSError)
 
 
-class CaptureError(Exception):
+class CaptureError(KexlabError):
     """The file is not a capture we can read at all (missing, unreadable, not pcap/pcapng)."""
 
 

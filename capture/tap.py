@@ -12,12 +12,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from protocol import KexlabError
+
 from .pcap import Address, Flow, PcapWriter
 
 ErrorHook = Callable[[str], None]
 
 
-class CaptureFileError(Exception):
+class CaptureFileError(KexlabError):
     """The ``--pcap`` file cannot be written; ``str()`` is one line for the user."""
 
 

@@ -25,12 +25,10 @@ from protocol import (
     CipherSuite,
     Group,
     Kex,
-    LocalProtocolError,
-    ProtocolError,
+    KexlabError,
     check_psk_identity,
 )
 from protocol.constants import DEFAULT_PORT, MIN_PSK_LEN
-from transport import PeerAlert
 
 try:  # typer >= 0.20 vendors click as typer._click; older ones depend on click
     from typer._click.exceptions import ClickException, UsageError
@@ -124,14 +122,8 @@ def single_command_app(function: Any, name: str, help_text: str) -> typer.Typer:
 
 def describe_error(exc: BaseException, peer: str = "peer") -> str:
     """One human line for a session failure."""
-    if isinstance(exc, PeerAlert):
-        text = f"{peer} sent alert {exc.name} ({exc.code})"
-        return f"{text}: {exc.reason}" if exc.reason else text
-    if isinstance(exc, ProtocolError):
-        sent = f"sent alert {exc.alert.name.lower()} ({int(exc.alert)})"
-        if isinstance(exc, LocalProtocolError):
-            return f"{exc.reason} ({sent})" if exc.reason else sent
-        return f"protocol error from {peer}: {exc.reason} ({sent})"
+    if isinstance(exc, KexlabError):
+        return exc.describe(peer)
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror.lower()}{where}"

@@ -58,10 +58,11 @@ from protocol import (
     KEX_NAMES,
     AlertCode,
     Kex,
+    PeerAlert,
     ProtocolError,
 )
 from protocol.constants import MAX_CONTENT
-from transport import ConnectionLost, TransportError
+from transport import TransportError
 from transport.control import decode_control, is_control
 from transport.keylog import append_keylog
 
@@ -315,11 +316,8 @@ def _check_keylog(path: Path) -> None:
 
 def _describe(exc: BaseException, options: ClientOptions) -> str:
     """One line for a failed session, with what the client knows that the error does not."""
-    if isinstance(exc, ConnectionLost):
-        text = str(exc)
-        return "server" + text[4:] if text.startswith("peer ") else text
-    if isinstance(exc, ProtocolError):
-        sent = f"sent alert {exc.alert.name.lower()} ({int(exc.alert)})"
+    if isinstance(exc, ProtocolError) and not isinstance(exc, PeerAlert):
+        sent = f"sent alert {exc.alert_text}"
         if exc.alert is AlertCode.DECRYPT_ERROR and options.kex is Kex.PSK:
             # The server keyed its FINISHED with its own copy of the PSK: if it does not
             # verify, the two copies differ (tampering would need the key to do better).

@@ -27,8 +27,8 @@ from oob import (
     publish_psk,
     unknown_psk_message,
 )
-from protocol import AlertCode
-from transport import EventHook, PeerAlert
+from protocol import AlertCode, PeerAlert
+from transport import EventHook
 
 from .session import ClientOptions, ClientSession
 

@@ -20,6 +20,7 @@ from protocol import (
     Group,
     HandshakeComplete,
     Kex,
+    KexlabError,
     TrustDecision,
     trust_nobody,
 )
@@ -37,7 +38,7 @@ from transport.control import (
 from transport.keylog import append_keylog
 
 
-class SessionError(Exception):
+class SessionError(KexlabError):
     """A session-level failure that is not an alert (no reply, a bad upload receipt)."""
 
 

@@ -19,6 +19,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from protocol import KexlabError
 from protocol.kex import ServerPrivateKey, ServerPublicKey, sha256_hex, spki
 
 KeyKind = Literal["rsa", "ed25519"]
@@ -31,7 +32,7 @@ SERVER_RSA_NAME = "server-rsa.pem"
 MAX_KEY_FILE = 1 << 20
 
 
-class KeyFileError(Exception):
+class KeyFileError(KexlabError):
     """A key file that cannot be used; ``str(exc)`` is one line for the user."""
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import check_psk_identity
+from protocol import KexlabError, check_psk_identity
 from protocol.constants import MIN_PSK_LEN
 
 TOPIC_ROOT = "kexlab/v1"
@@ -30,7 +30,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SAS_HEX = re.compile(r"(?:[0-9a-f]{2}){16,64}")
 
 
-class MalformedPayload(ValueError):
+class MalformedPayload(KexlabError):
     """A §8 message that does not parse; ``str()`` is one line naming what is wrong."""
 
 

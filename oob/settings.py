@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
+from protocol import KexlabError
+
 DEFAULT_URL = "mqtt://localhost:1883"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 # Issue 4: with the broker down, psk over MQTT fails within 5 s with one clear line.
@@ -23,7 +25,7 @@ ENV_PASSWORD_FILE = "KEXLAB_MQTT_PASSWORD_FILE"
 ENV_CA = "KEXLAB_MQTT_CA"
 
 
-class OobError(Exception):
+class OobError(KexlabError):
     """Root of every out-of-band failure; ``str()`` is one line a user can act on."""
 
 

@@ -3,7 +3,15 @@
 Feed bytes in, take events and bytes out. See ``docs/protocol.md``.
 """
 
-from .alerts import AlertCode, LocalProtocolError, ProtocolError, RemoteProtocolError, alert_name
+from .alerts import (
+    AlertCode,
+    KexlabError,
+    LocalProtocolError,
+    PeerAlert,
+    ProtocolError,
+    RemoteProtocolError,
+    alert_name,
+)
 from .client_connection import ClientConnection
 from .config import (
     ClientConfig,
@@ -68,8 +76,10 @@ __all__ = [
     "Group",
     "HandshakeComplete",
     "Kex",
+    "KexlabError",
     "KeyUpdateReceived",
     "LocalProtocolError",
+    "PeerAlert",
     "ProtocolError",
     "PskNeeded",
     "RemoteProtocolError",

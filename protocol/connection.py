@@ -225,7 +225,7 @@ class Connection:
         assert self._sender is not None
         self._sender.update()
 
-    def _send_alert(self, code: AlertCode, reason: str) -> None:
+    def _send_alert(self, code: int, reason: str) -> None:
         payload = Alert(code, reason).encode()
         if self._sender is not None:  # §7: after a complete handshake alerts are records
             self._send_record(ContentType.ALERT, payload)

@@ -12,7 +12,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .alerts import AlertCode, RemoteProtocolError
+from .alerts import AlertCode, LocalProtocolError, RemoteProtocolError
 from .constants import (
     HEADER_LEN,
     KEY_UPDATE_THRESHOLD,
@@ -77,7 +77,9 @@ class RecordSender(_Direction):
         """A whole RECORD frame carrying ``content_type || content``."""
         seq = self.seq
         if seq >= self.threshold:  # checked before the nonce is used, never after
-            raise RuntimeError("record sequence exhausted without a key update")
+            raise LocalProtocolError(
+                AlertCode.INTERNAL_ERROR, "record sequence exhausted without a key update"
+            )
         aad = _AAD.pack(MAGIC, VERSION, _RECORD, _OVERHEAD + len(content), seq)
         # nonce = iv XOR (4 zero bytes || u64 seq)
         nonce = (self._iv ^ seq).to_bytes(12, "big")

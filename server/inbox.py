@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from protocol import KexlabError
+
 MAX_NAME = 100
 MAX_UPLOAD = 4 << 30
 """Largest file a client may announce (4 GiB): a lab server, not a file store."""
@@ -16,7 +18,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-class UploadError(ValueError):
+class UploadError(KexlabError):
     """An upload that cannot be accepted or did not arrive intact; ``str()`` goes to the client."""
 
 

@@ -30,12 +30,14 @@ from protocol import (
     Group,
     HandshakeComplete,
     Kex,
+    PeerAlert,
     ProtocolError,
     ServerConfig,
     ServerConnection,
+    alert_name,
 )
 from protocol.kex import ServerPrivateKey, available_groups
-from transport import ConnectionLost, KxpStream, PeerAlert, PskProvider
+from transport import ConnectionLost, KxpStream, PskProvider
 from transport.keylog import append_keylog
 
 from .apps import APPS, App, Session
@@ -202,11 +204,11 @@ class KexlabServer:
         self._log("connect", peer)
         try:
             await self._session(stream, peer)
-        except ProtocolError as exc:
-            alert = exc.alert.name.lower()
-            self._log("error", peer, sent_alert=alert, code=int(exc.alert), reason=exc.reason)
-        except PeerAlert as exc:
+        except PeerAlert as exc:  # the client ended it: nothing was sent back (§7)
             self._log("error", peer, received_alert=exc.name, code=exc.code, reason=exc.reason)
+        except ProtocolError as exc:
+            alert = alert_name(exc.alert)
+            self._log("error", peer, sent_alert=alert, code=int(exc.alert), reason=exc.reason)
         except ConnectionLost as exc:
             if stream.close_sent and stream.handshake is None:
                 # Only shutdown sends close_notify to a client still in its handshake.

@@ -33,11 +33,10 @@ import server.__main__ as server_main
 from cli.main import app
 from client.session import ClientOptions, ClientSession
 from keystore import NonePolicy, generate_private_key, write_private_key
-from protocol import Kex, SignatureScheme, TrustVerdict
+from protocol import Kex, PeerAlert, SignatureScheme, TrustVerdict
 from protocol.frames import FrameDecoder
 from protocol.messages import Alert
 from server.command import server as server_command
-from transport import PeerAlert
 
 pytestmark = pytest.mark.usefixtures("home")
 runner = CliRunner()

@@ -46,11 +46,12 @@ from protocol import (
     ClientConfig,
     ClientConnection,
     Kex,
+    PeerAlert,
     ServerConfig,
     ServerConnection,
     TrustVerdict,
 )
-from transport import KxpStream, PeerAlert
+from transport import KxpStream
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("home")]
 SID = "lab"

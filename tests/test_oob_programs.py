@@ -43,10 +43,9 @@ from oob import (
     publish_psk,
 )
 from oob.settings import connect
-from protocol import AlertCode, Kex, LocalProtocolError, ServerIdentity, TrustVerdict
+from protocol import AlertCode, Kex, LocalProtocolError, PeerAlert, ServerIdentity, TrustVerdict
 from server.oob import ServerOob, announced_key_sha256
 from server.server import KexlabServer, ServerOptions
-from transport import PeerAlert
 
 pytestmark = pytest.mark.usefixtures("home")
 runner = CliRunner()

@@ -33,6 +33,7 @@ from protocol import (
     HandshakeComplete,
     Kex,
     KeyUpdateReceived,
+    LocalProtocolError,
     RemoteProtocolError,
     ServerConfig,
     ServerConnection,
@@ -224,8 +225,9 @@ def test_seal_refuses_to_pass_the_threshold() -> None:
         receiver.open(sender.seal(ContentType.APPLICATION_DATA, bytes([i]))[8:])
     assert flags == [False, False, False, True]  # only one record left at seq 3
     assert sender.needs_update
-    with pytest.raises(RuntimeError, match="exhausted"):
+    with pytest.raises(LocalProtocolError, match="exhausted") as refused:
         sender.seal(ContentType.APPLICATION_DATA, b"one too many")
+    assert refused.value.alert is AlertCode.INTERNAL_ERROR
     assert sender.seq == 4  # nothing was sealed
     sender.update()
     receiver.update()

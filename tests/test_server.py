@@ -16,12 +16,12 @@ from support_net import (  # noqa: F401  (home_fixture provides the `home` fixtu
 )
 
 from client.session import ClientOptions, ClientSession, SessionError
-from protocol import AlertCode, FrameType, Kex, TrustVerdict, encode_frame, parse_keylog
+from protocol import AlertCode, FrameType, Kex, PeerAlert, TrustVerdict, encode_frame, parse_keylog
 from protocol.messages import Alert
 from server import apps
 from server.inbox import Inbox, Upload, UploadError, safe_name
 from server.server import KexlabServer
-from transport import ConnectionLost, PeerAlert
+from transport import ConnectionLost
 from transport.control import OP_FILE, decode_control, encode_control
 
 PSKS = {"alice": b"a" * 32, "bob": b"b" * 32, "carol": b"c" * 32}

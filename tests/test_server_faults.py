@@ -50,6 +50,7 @@ from protocol import (
     FrameType,
     HandshakeComplete,
     Kex,
+    PeerAlert,
     ProtocolError,
     ServerConnection,
     TrustVerdict,
@@ -58,7 +59,7 @@ from protocol.messages import Alert
 from server import apps
 from server.command import LoopErrorLog
 from server.server import KexlabServer, ServerOptions
-from transport import ConnectionLost, KxpStream, PeerAlert, TransportError
+from transport import ConnectionLost, KxpStream, TransportError
 from transport.control import OP_FILE, encode_control
 
 PSK = bytes(range(32))

@@ -21,6 +21,7 @@ from protocol import (
     Group,
     Kex,
     LocalProtocolError,
+    PeerAlert,
     RemoteProtocolError,
     ServerConfig,
     ServerConnection,
@@ -28,7 +29,7 @@ from protocol import (
 )
 from protocol.frames import FrameDecoder
 from protocol.messages import Alert
-from transport import ConnectionLost, KxpStream, PeerAlert
+from transport import ConnectionLost, KxpStream
 
 PSK = bytes(range(32))
 

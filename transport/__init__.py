@@ -5,7 +5,6 @@ from .stream import (
     ConnectionLost,
     EventHook,
     KxpStream,
-    PeerAlert,
     PskProvider,
     TransportError,
 )
@@ -15,7 +14,6 @@ __all__ = [
     "ConnectionLost",
     "EventHook",
     "KxpStream",
-    "PeerAlert",
     "PskProvider",
     "TransportError",
 ]

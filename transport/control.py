@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from protocol import KexlabError
+
 CONTROL_PREFIX = b"\x00"
 FILE_CHUNK = 65536
 """File bytes travel in records of at most this size (one KXP record's content limit)."""
@@ -24,7 +26,7 @@ OP_ERROR = "error"
 """server -> client: a control record it could not use: {"op": "error", "reason": str}."""
 
 
-class ControlError(ValueError):
+class ControlError(KexlabError):
     """A control record that does not follow the convention."""
 
 

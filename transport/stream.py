@@ -35,11 +35,12 @@ from protocol import (
     DataReceived,
     Event,
     HandshakeComplete,
+    KexlabError,
+    PeerAlert,
     ProtocolError,
     PskNeeded,
     ServerConnection,
     State,
-    alert_name,
 )
 
 ByteHook = Callable[[str, bytes], None]
@@ -58,23 +59,17 @@ FAIR_BURST = 32
 """Events handed out before the reading task lets others run (see ``next_event``)."""
 
 
-class TransportError(Exception):
-    """A connection ended for a reason outside our own alerts; ``str()`` is one human line."""
+class TransportError(KexlabError):
+    """A connection ended for a reason outside the protocol's alerts; ``str()`` is one human line."""
 
 
 class ConnectionLost(TransportError):
     """The socket failed or the peer went away without a fatal alert."""
 
-
-class PeerAlert(TransportError):
-    """The peer ended the connection with a fatal alert (its code may be one we do not know)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-        self.name = alert_name(code)
-        text = f"peer sent alert {self.name} ({code})"
-        super().__init__(f"{text}: {reason}" if reason else text)
+    def describe(self, peer: str = "peer") -> str:
+        """The line, with the peer named ("server closed the connection ...")."""
+        text = str(self)
+        return peer + text[4:] if text.startswith("peer ") else text
 
 
 class KxpStream:
@@ -224,7 +219,7 @@ class KxpStream:
             self.close_reason = event.reason
             self._close_socket()
 
-    def _ended(self, event: ConnectionClosed) -> TransportError:
+    def _ended(self, event: ConnectionClosed) -> KexlabError:
         """The error for a connection that ended without a clean close."""
         if self.peer_alert is not None:
             return PeerAlert(self.peer_alert.code, self.peer_alert.reason)
