@@ -19,7 +19,6 @@ from .config import (
     ServerIdentity,
     TrustDecision,
     TrustVerdict,
-    check_psk_identity,
     trust_nobody,
 )
 from .connection import Connection, State
@@ -50,6 +49,7 @@ from .events import (
 from .frames import Frame, FrameDecoder, encode_frame
 from .kex import sha256_hex
 from .keyschedule import keylog_lines, parse_keylog, sas_display
+from .methods import METHODS, KexMethod, check_psk_identity
 from .server_connection import ServerConnection
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_PORT",
     "GROUP_NAMES",
     "KEX_NAMES",
+    "METHODS",
     "SCHEME_NAMES",
     "SUITE_NAMES",
     "AlertCode",
@@ -76,6 +77,7 @@ __all__ = [
     "Group",
     "HandshakeComplete",
     "Kex",
+    "KexMethod",
     "KexlabError",
     "KeyUpdateReceived",
     "LocalProtocolError",

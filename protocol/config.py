@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .constants import KEY_UPDATE_THRESHOLD, MIN_PSK_LEN, CipherSuite, Group, Kex
+from .constants import KEY_UPDATE_THRESHOLD, CipherSuite, Group, Kex
 from .kex import (
-    GROUPS,
     RandomSource,
     ServerPrivateKey,
     Signer,
@@ -18,21 +17,7 @@ from .kex import (
     check_private_key,
     default_sign,
 )
-
-FORBIDDEN_IDENTITY_CHARS = "/+#\x00"
-
-
-def check_psk_identity(identity: bytes) -> str:
-    """§3: 1..255 bytes of UTF-8 without '/', '+', '#' or NUL (it appears in MQTT topics)."""
-    if not 1 <= len(identity) <= 255:
-        raise ValueError("a PSK identity is 1..255 bytes")
-    try:
-        text = identity.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("a PSK identity must be UTF-8") from None
-    if any(c in text for c in FORBIDDEN_IDENTITY_CHARS):
-        raise ValueError("a PSK identity may not contain '/', '+', '#' or NUL")
-    return text
+from .methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -89,16 +74,7 @@ class ClientConfig:
 
     def validate(self) -> None:
         """Raise ValueError for a proposal that cannot work."""
-        if self.kex is Kex.DHE:
-            impl = GROUPS.get(self.group)
-            if impl is None:
-                raise ValueError(f"unknown group {self.group!r}")
-            if not impl.available:
-                raise ValueError(f"{self.group.name.lower()} is unavailable with this cryptography")
-        if self.kex is Kex.PSK:
-            check_psk_identity(self.psk_identity.encode("utf-8"))
-            if len(self.psk) < MIN_PSK_LEN:
-                raise ValueError(f"a PSK must be at least {MIN_PSK_LEN} bytes")
+        METHODS[self.kex].check_client_config(self)
         if self.key_update_threshold < 2:
             raise ValueError("key_update_threshold must be at least 2")
 
@@ -139,10 +115,8 @@ class ServerConfig:
 
     def validate(self) -> None:
         """Raise ValueError for a configuration that cannot serve what it enables."""
-        if Kex.RSA in self.kex_methods:
-            if self.rsa_key is None:
-                raise ValueError("rsa is enabled but no RSA key is configured")
-            check_private_key(self.rsa_key, rsa_only=True)
+        for kex in self.kex_methods:
+            METHODS[kex].check_server_config(self)
         if self.sign_key is not None:
             check_private_key(self.sign_key, rsa_only=False)
         if not self.kex_methods:

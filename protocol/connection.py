@@ -17,20 +17,23 @@ import enum
 from collections import deque
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives.constant_time import bytes_eq
+
 from .alerts import AlertCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from .constants import HEADER_LEN, MAX_CONTENT, ContentType, FrameType
+from .constants import HEADER_LEN, MAX_CONTENT, CipherSuite, ContentType, FrameType, Group, Kex
 from .events import (
     AlertReceived,
     ConnectionClosed,
     DataReceived,
     Event,
     FrameTraced,
+    HandshakeComplete,
     KeyUpdateReceived,
 )
 from .frames import Frame, FrameDecoder, encode_frame
-from .kex import RandomSource
-from .keyschedule import KeySchedule, TranscriptHash
-from .messages import Alert
+from .kex import RandomSource, sha256_hex
+from .keyschedule import HandshakeSecrets, KeySchedule, TranscriptHash
+from .messages import Alert, ClientHello, Finished, ServerHello
 from .records import RecordReceiver, RecordSender
 
 
@@ -92,6 +95,12 @@ class Connection:
         self._close_received = False
         self._eof = False
         self._th_before_finished = b""
+        self._hello: ClientHello | None = None
+        self._server_hello: ServerHello | None = None
+        self._secrets: HandshakeSecrets | None = None
+        self._th_keys = b""
+        self._scheme: int | None = None
+        self._psk_identity = ""
         self.error: ProtocolError | None = None
 
     # ------------------------------------------------------------------ public API
@@ -323,6 +332,59 @@ class Connection:
     def _finish_close(self, clean: bool, reason: str = "") -> None:
         self.state = State.CLOSED
         self._events.append(ConnectionClosed(clean, reason))
+
+    # ------------------------------------------------------------------ the key schedule
+
+    def _derive(self, shared_secret: bytes) -> None:
+        """§5: every secret from the shared secret and TH_keys (the transcript so far)."""
+        assert self._schedule is not None and self._transcript is not None
+        self._th_keys = self._transcript.digest()
+        self._secrets = self._schedule.derive(shared_secret, self._th_keys)
+
+    def _send_finished(self) -> None:
+        """Our FINISHED over every handshake frame so far (§4)."""
+        assert self._secrets is not None and self._schedule is not None
+        assert self._transcript is not None
+        s = self._secrets
+        key = s.c_finished if self.role == "client" else s.s_finished
+        verify = self._schedule.verify_data(key, self._transcript.digest())
+        self._write_handshake(FrameType.FINISHED, Finished(verify).encode())
+
+    def _verify_finished(self, frame: Frame) -> None:
+        """The peer's FINISHED over every frame before it, or decrypt_error (§4)."""
+        assert self._secrets is not None and self._schedule is not None
+        s = self._secrets
+        peer, key = ("server", s.s_finished) if self.role == "client" else ("client", s.c_finished)
+        fin = Finished.decode(frame.payload, self._schedule.suite.hash_len)
+        expected = self._schedule.verify_data(key, self._th_before_finished)
+        if not bytes_eq(fin.verify_data, expected):
+            raise RemoteProtocolError(AlertCode.DECRYPT_ERROR, f"{peer} FINISHED does not verify")
+
+    def _complete(self) -> None:
+        """Both FINISHED frames are through: switch to records and say so (§4)."""
+        assert self._secrets is not None and self._schedule is not None
+        assert self._transcript is not None
+        assert self._hello is not None and self._server_hello is not None
+        ch, sh, s = self._hello, self._server_hello, self._secrets
+        mine, theirs = (s.c_ap_0, s.s_ap_0) if self.role == "client" else (s.s_ap_0, s.c_ap_0)
+        self._sender = RecordSender(self._schedule, mine, self._threshold)
+        self._receiver = RecordReceiver(self._schedule, theirs)
+        self.state = State.CONNECTED
+        self._events.append(
+            HandshakeComplete(
+                kex=Kex(ch.kex),
+                cipher_suite=CipherSuite(ch.cipher_suite),
+                group=Group(ch.group),
+                server_key=sh.server_key,
+                server_key_sha256=sha256_hex(sh.server_key) if sh.server_key else "",
+                signature_scheme=self._scheme,
+                psk_identity=self._psk_identity,
+                client_random=ch.random,
+                server_random=sh.random,
+                sas=self._schedule.sas(s.master, self._transcript.digest()),
+                secrets=s,
+            )
+        )
 
     # ------------------------------------------------------------------ errors
 

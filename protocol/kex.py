@@ -278,15 +278,21 @@ def rsa_wrap(public_key: rsa.RSAPublicKey, premaster: bytes) -> bytes:
         ) from None
 
 
+def rsa_unwrap_strict(private_key: rsa.RSAPrivateKey, encrypted: bytes) -> bytes | None:
+    """The 32-byte premaster, or None: for a passive holder of the key, who may say which."""
+    try:
+        premaster = private_key.decrypt(encrypted, _OAEP)
+    except ValueError:
+        return None
+    return premaster if len(premaster) == PREMASTER_LEN else None
+
+
 def rsa_unwrap(private_key: rsa.RSAPrivateKey, encrypted: bytes, rng: RandomSource) -> bytes:
     """The premaster, or a random one on any failure (§5), so that a bad ciphertext shows
     only as a FINISHED mismatch: no padding oracle, one code path."""
     fallback = rng(PREMASTER_LEN)
-    try:
-        premaster = private_key.decrypt(encrypted, _OAEP)
-    except ValueError:
-        premaster = b""
-    return premaster if len(premaster) == PREMASTER_LEN else fallback
+    premaster = rsa_unwrap_strict(private_key, encrypted)
+    return premaster if premaster is not None else fallback
 
 
 # --------------------------------------------------------------------------- server keys

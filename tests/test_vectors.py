@@ -18,7 +18,7 @@ from conftest import handshake_vector_names, load_vector
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 
-from protocol import client_connection
+from protocol import methods
 from protocol.alerts import AlertCode, RemoteProtocolError
 from protocol.client_connection import ClientConnection
 from protocol.config import ClientConfig, ServerConfig, ServerIdentity, TrustVerdict
@@ -394,7 +394,7 @@ def inject_oaep(monkeypatch: pytest.MonkeyPatch) -> None:
         assert premaster == v.input("premaster")
         return given.encrypted_secret
 
-    monkeypatch.setattr(client_connection, "rsa_wrap", wrap)
+    monkeypatch.setattr(methods, "rsa_wrap", wrap)
 
 
 def play_handshake(v: Vector, role: str, pump: Pump, stop: int | None = None) -> list[Event]:
