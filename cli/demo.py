@@ -26,9 +26,9 @@ from rich.table import Table
 
 from cli.common import describe_error, fail
 from cli.output import Explainer
-from cli.render import render_summary_line
 from client.oob import ClientOob
 from client.session import ClientOptions, ClientSession
+from explain.render import render_summary_line
 from keystore import MqttPinPolicy, PinPolicy, ServerKeys, ensure_server_keys, long_fingerprint
 from oob import EmbeddedBroker, MqttSettings, OobError
 from protocol import (

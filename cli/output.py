@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.console import Console
 
-from cli.render import render_frame, render_secrets, summary_line
+from explain.annotate import Annotator, annotate_secrets
+from explain.render import render_frame, render_secrets, summary_line
 from protocol import Event, FrameTraced, HandshakeComplete, KeyUpdateReceived
-from protocol.annotate import Annotator, annotate_secrets
 from server.server import ServerObserver
 
 

@@ -50,7 +50,7 @@ from cli.common import (
     parse_suite,
 )
 from cli.output import Explainer, out, stderr_console
-from cli.render import render_summary_line
+from explain.render import render_summary_line
 from keystore import KeyFileError, TrustPolicy, data_dir, parse_trust
 from oob import OobError
 from protocol import (

@@ -15,6 +15,7 @@ from .constants import (
     VERSION,
     FrameType,
 )
+from .wire import Reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,49 @@ def encode_frame(frame_type: FrameType, payload: bytes) -> bytes:
     return frame_header(frame_type, len(payload)) + payload
 
 
+# §1 checks 1-4, one function per header field, in the order the spec applies them; the
+# decoder's fast path below and ``read_header`` (field by field, for dissection) share them.
+
+
+def check_magic(magic: bytes) -> None:
+    """§1 check 1: 'K' 'X', else decode_error."""
+    if magic != MAGIC:
+        raise RemoteProtocolError(AlertCode.DECODE_ERROR, f"bad magic {magic.hex()}")
+
+
+def check_version(version: int) -> None:
+    """§1 check 2: version 1, else protocol_version."""
+    if version != VERSION:
+        raise RemoteProtocolError(AlertCode.PROTOCOL_VERSION, f"unsupported version {version}")
+
+
+def check_type(type_code: int) -> FrameType:
+    """§1 check 3: a type of §1, else unexpected_message."""
+    frame_type = _TYPES.get(type_code)
+    if frame_type is None:
+        raise RemoteProtocolError(
+            AlertCode.UNEXPECTED_MESSAGE, f"unknown frame type 0x{type_code:02x}"
+        )
+    return frame_type
+
+
+def check_length(frame_type: FrameType, length: int) -> None:
+    """§1 check 4: the type's size limit, else record_overflow."""
+    if length > _LIMITS[frame_type]:
+        raise RemoteProtocolError(
+            AlertCode.RECORD_OVERFLOW,
+            f"{frame_type.name} length {length} exceeds {_LIMITS[frame_type]}",
+        )
+
+
+def check_expected(frame_type: FrameType, expected: Container[FrameType] | None) -> None:
+    """§1 check 5: a type the receiver's state allows, else unexpected_message."""
+    if expected is not None and frame_type not in expected:
+        raise RemoteProtocolError(
+            AlertCode.UNEXPECTED_MESSAGE, f"{frame_type.name} not expected now"
+        )
+
+
 def check_header(
     header: bytes, expected: Container[FrameType] | None = None
 ) -> tuple[FrameType, int]:
@@ -63,29 +107,38 @@ def check_header(
     return _check_header_at(header, 0, expected)
 
 
+def read_header(reader: Reader) -> tuple[FrameType, int]:
+    """The header field by field, each checked as it is read (checks 1-3); for dissection.
+
+    The length is returned unchecked: a dissector shows what an oversized frame holds
+    (``check_length`` says what a receiver does with it).
+    """
+    check_magic(reader.fixed(2, "magic"))
+    check_version(reader.u8("ver"))
+    frame_type = check_type(reader.u8("type"))
+    return frame_type, reader.u32("length")
+
+
 def _check_header_at(
     data: bytes | bytearray, pos: int, expected: Container[FrameType] | None
 ) -> tuple[FrameType, int]:
     magic, version, type_code, length = _HEADER.unpack_from(data, pos)
-    if magic != MAGIC:
-        raise RemoteProtocolError(AlertCode.DECODE_ERROR, f"bad magic {magic.hex()}")
-    if version != VERSION:
-        raise RemoteProtocolError(AlertCode.PROTOCOL_VERSION, f"unsupported version {version}")
     frame_type = _TYPES.get(type_code)
-    if frame_type is None:
-        raise RemoteProtocolError(
-            AlertCode.UNEXPECTED_MESSAGE, f"unknown frame type 0x{type_code:02x}"
-        )
-    if length > _LIMITS[frame_type]:
-        raise RemoteProtocolError(
-            AlertCode.RECORD_OVERFLOW,
-            f"{frame_type.name} length {length} exceeds {_LIMITS[frame_type]}",
-        )
-    if expected is not None and frame_type not in expected:
-        raise RemoteProtocolError(
-            AlertCode.UNEXPECTED_MESSAGE, f"{frame_type.name} not expected now"
-        )
-    return frame_type, length
+    if (
+        magic == MAGIC
+        and version == VERSION
+        and frame_type is not None
+        and length <= _LIMITS[frame_type]
+        and (expected is None or frame_type in expected)
+    ):
+        return frame_type, length
+    # Something is wrong: find the first check that fails, in the spec's order.
+    check_magic(magic)
+    check_version(version)
+    frame_type = check_type(type_code)
+    check_length(frame_type, length)
+    check_expected(frame_type, expected)
+    raise AssertionError("unreachable: a check above fails")  # pragma: no cover
 
 
 class FrameDecoder:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .alerts import AlertCode, RemoteProtocolError
-from .constants import RANDOM_LEN, FrameType
-from .wire import Reader, u8, u16, vec8, vec16
+from .constants import HEADER_LEN, RANDOM_LEN, FrameType
+from .wire import FieldLog, Reader, u8, u16, vec8, vec16
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class ClientHello:
         )
 
     @classmethod
-    def decode(cls, payload: bytes) -> ClientHello:
-        """Parse a payload exactly."""
-        r = Reader(payload, "CLIENT_HELLO")
+    def decode(cls, payload: bytes, log: FieldLog | None = None) -> ClientHello:
+        """Parse a payload exactly (``log``: keep each field's offset and bytes)."""
+        r = Reader(payload, "CLIENT_HELLO", log, HEADER_LEN)
         msg = cls(
             random=r.fixed(RANDOM_LEN, "random"),
             kex=r.u8("kex"),
@@ -78,9 +78,9 @@ class ServerHello:
         )
 
     @classmethod
-    def decode(cls, payload: bytes) -> ServerHello:
-        """Parse a payload exactly."""
-        r = Reader(payload, "SERVER_HELLO")
+    def decode(cls, payload: bytes, log: FieldLog | None = None) -> ServerHello:
+        """Parse a payload exactly (``log``: keep each field's offset and bytes)."""
+        r = Reader(payload, "SERVER_HELLO", log, HEADER_LEN)
         msg = cls(
             random=r.fixed(RANDOM_LEN, "random"),
             kex=r.u8("kex"),
@@ -105,9 +105,9 @@ class KeyTransport:
         return vec16(self.encrypted_secret)
 
     @classmethod
-    def decode(cls, payload: bytes) -> KeyTransport:
-        """Parse a payload exactly."""
-        r = Reader(payload, "KEY_TRANSPORT")
+    def decode(cls, payload: bytes, log: FieldLog | None = None) -> KeyTransport:
+        """Parse a payload exactly (``log``: keep each field's offset and bytes)."""
+        r = Reader(payload, "KEY_TRANSPORT", log, HEADER_LEN)
         msg = cls(r.vec16("encrypted_secret"))
         r.finish()
         return msg
@@ -126,9 +126,9 @@ class ServerSignature:
         return u16(self.scheme) + vec16(self.signature)
 
     @classmethod
-    def decode(cls, payload: bytes) -> ServerSignature:
-        """Parse a payload exactly."""
-        r = Reader(payload, "SERVER_SIGNATURE")
+    def decode(cls, payload: bytes, log: FieldLog | None = None) -> ServerSignature:
+        """Parse a payload exactly (``log``: keep each field's offset and bytes)."""
+        r = Reader(payload, "SERVER_SIGNATURE", log, HEADER_LEN)
         msg = cls(r.u16("scheme"), r.vec16("signature"))
         r.finish()
         return msg
@@ -146,10 +146,10 @@ class Finished:
         return self.verify_data
 
     @classmethod
-    def decode(cls, payload: bytes, hash_len: int) -> Finished:
-        """Parse a payload exactly (verify_data[HashLen])."""
-        r = Reader(payload, "FINISHED")
-        msg = cls(r.fixed(hash_len, "verify_data"))
+    def decode(cls, payload: bytes, hash_len: int | None, log: FieldLog | None = None) -> Finished:
+        """Parse a payload exactly (verify_data[HashLen]; all of it when HashLen is not known)."""
+        r = Reader(payload, "FINISHED", log, HEADER_LEN)
+        msg = cls(r.fixed(r.left if hash_len is None else hash_len, "verify_data"))
         r.finish()
         return msg
 
@@ -168,9 +168,9 @@ class Alert:
         return u8(self.code) + vec8(raw)
 
     @classmethod
-    def decode(cls, payload: bytes) -> Alert:
+    def decode(cls, payload: bytes, log: FieldLog | None = None) -> Alert:
         """Parse a payload exactly; a reason that is not UTF-8 is decode_error."""
-        r = Reader(payload, "ALERT")
+        r = Reader(payload, "ALERT", log, HEADER_LEN)
         code = r.u8("code")
         raw = r.vec8("reason")
         r.finish()
@@ -182,3 +182,14 @@ class Alert:
 
 
 HandshakeMessage = ClientHello | ServerHello | KeyTransport | ServerSignature | Finished
+
+MESSAGES: dict[
+    FrameType, type[ClientHello | ServerHello | KeyTransport | ServerSignature | Alert]
+] = {
+    FrameType.CLIENT_HELLO: ClientHello,
+    FrameType.SERVER_HELLO: ServerHello,
+    FrameType.KEY_TRANSPORT: KeyTransport,
+    FrameType.SERVER_SIGNATURE: ServerSignature,
+    FrameType.ALERT: Alert,
+}
+"""The payload decoder of each frame type but FINISHED (which needs HashLen) and RECORD."""

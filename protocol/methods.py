@@ -88,6 +88,9 @@ class KexMethod:
     """The client decides on the server key at SERVER_HELLO, before it sends a secret to it."""
     server_signs = False
     """A server key in SERVER_HELLO is proven by a SERVER_SIGNATURE over TH(CH, SH)."""
+    server_key_role = ""
+    """What SERVER_HELLO.server_key is for: "transport" (the secret is wrapped to it),
+    "identity" (it signs the share), or "" (the method sends none)."""
 
     # ------------------------------------------------------------------ configuration
 
@@ -163,6 +166,7 @@ class RsaTransport(KexMethod):
     name = "rsa"
     client_finishes_first = True
     trust_before_secret = True  # never hand a secret to a key we refuse
+    server_key_role = "transport"
 
     def check_server_config(self, config: ServerConfig) -> None:
         """An RSA transport key of at least 2048 bits."""
@@ -232,6 +236,7 @@ class EphemeralDH(KexMethod):
     name = "dhe"
     forward_secret = True
     server_signs = True
+    server_key_role = "identity"
 
     def check_client_config(self, config: ClientConfig) -> None:
         """A group this installation can do."""

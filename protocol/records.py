@@ -26,6 +26,7 @@ from .constants import (
 )
 from .frames import frame_header
 from .keyschedule import KeySchedule
+from .wire import Reader
 
 # The AAD is the frame's first 16 bytes: 'K' 'X' ver type length(u32) || seq(u64).
 _AAD = struct.Struct(">2sBBIQ")
@@ -36,6 +37,26 @@ _OVERHEAD = SEQ_LEN + 1 + TAG_LEN
 _MIN_FRAME = HEADER_LEN + MIN_RECORD_PAYLOAD
 _CT_START = HEADER_LEN + SEQ_LEN
 _RECORD = FrameType.RECORD
+
+
+def _too_short(payload_len: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        AlertCode.DECODE_ERROR,
+        f"RECORD payload of {payload_len} bytes is under {MIN_RECORD_PAYLOAD}",
+    )
+
+
+def read_record(reader: Reader, length: int) -> int:
+    """§6 fields of a RECORD payload of declared ``length``: seq, ciphertext, tag; returns seq.
+
+    Split by the declared length, so a record cut short shows its tag as missing.
+    """
+    if length < MIN_RECORD_PAYLOAD:
+        raise _too_short(length)
+    seq = reader.u64("seq")
+    reader.fixed(length - SEQ_LEN - TAG_LEN, "ciphertext")
+    reader.fixed(TAG_LEN, "tag")
+    return seq
 
 
 class _Direction:
@@ -99,10 +120,7 @@ class RecordReceiver(_Direction):
     def open_frame(self, frame: bytes | memoryview) -> tuple[ContentType, bytes]:
         """(content_type, content) of one whole RECORD frame (header || payload)."""
         if len(frame) < _MIN_FRAME:
-            raise RemoteProtocolError(
-                AlertCode.DECODE_ERROR,
-                f"RECORD payload of {len(frame) - HEADER_LEN} bytes is under {MIN_RECORD_PAYLOAD}",
-            )
+            raise _too_short(len(frame) - HEADER_LEN)
         (seq,) = _SEQ.unpack_from(frame, HEADER_LEN)
         if seq != self.seq:
             what = "replayed record" if seq < self.seq else "record lost or dropped"

@@ -1,4 +1,4 @@
-"""protocol.annotate on every vector frame and on garbage; cli.render's tables and summary line."""
+"""explain.annotate on every vector frame and on garbage; explain.render's tables and summary line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from cli.render import (
+from explain.annotate import (
+    FIELDS,
+    SECRET_OFFSET,
+    UNDECODABLE,
+    Annotator,
+    RecordInfo,
+    Row,
+    annotate_frame,
+    annotate_secrets,
+    describe_content,
+    describe_server_key,
+    epoch_keys,
+    frame_title,
+    preview,
+)
+from explain.render import (
     format_hex,
     format_offset,
     render_frame,
@@ -34,21 +49,6 @@ from protocol import (
     ServerConfig,
     ServerConnection,
     TrustVerdict,
-)
-from protocol.annotate import (
-    FIELDS,
-    SECRET_OFFSET,
-    UNDECODABLE,
-    Annotator,
-    RecordInfo,
-    Row,
-    annotate_frame,
-    annotate_secrets,
-    describe_content,
-    describe_server_key,
-    epoch_keys,
-    frame_title,
-    preview,
 )
 from protocol.connection import Connection
 from protocol.constants import ContentType, FrameType
@@ -594,7 +594,7 @@ def test_annotator_on_live_sessions(kex: Kex) -> None:
         assert annotator.hash_len == 48
 
 
-# --------------------------------------------------------------------------- cli.render
+# --------------------------------------------------------------------------- explain.render
 
 
 def _console() -> Console:

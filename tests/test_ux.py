@@ -33,10 +33,10 @@ from typer.testing import CliRunner
 
 from cli.demo import RUNS
 from cli.main import app
-from cli.render import MIN_MEANING_WIDTH, STACKED_HEADER, WIDE_MIN_WIDTH, render_frame
 from client.command import HELP_LINE
+from explain.annotate import annotate_frame
+from explain.render import MIN_MEANING_WIDTH, STACKED_HEADER, WIDE_MIN_WIDTH, render_frame
 from protocol import HandshakeComplete, Kex, ServerConfig, ServerConnection
-from protocol.annotate import annotate_frame
 from server.server import ServerOptions
 
 pytestmark = pytest.mark.usefixtures("home")

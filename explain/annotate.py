@@ -1,35 +1,33 @@
-"""Annotated frames (docs/protocol.md §1, §3, §6): every byte of a frame named and explained.
+"""Annotated frames: every byte of a frame named and explained (docs/protocol.md §1, §3, §6).
 
-``annotate_frame`` splits one frame into rows — offset, field, bytes, meaning — whose
-bytes tile the frame exactly, so a reader can follow a handshake byte by byte. It is
-what ``--explain`` prints, and it never raises: bytes it cannot parse become an
-``undecodable`` row that says why. Field names are the spec's (``FIELDS``), so a
-Wireshark dissector can use the same ones (``kxp.<field>``).
+``annotate_frame`` turns the core's dissection of one frame (``protocol.dissect``: the
+offsets and bytes the connection's own decoders read) into rows — offset, field,
+bytes, meaning — whose bytes tile the frame exactly, so a reader can follow a handshake
+byte by byte. It is what ``--explain`` prints, and it never raises: bytes the decoders
+could not read become an ``undecodable`` row that says why. Field names are the spec's
+(``FIELDS``), so a Wireshark dissector can use the same ones (``kxp.<field>``).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from .alerts import AlertCode, ProtocolError, alert_name
-from .constants import (
+from protocol import METHODS
+from protocol.alerts import AlertCode, ProtocolError, alert_name
+from protocol.constants import (
     GROUP_NAMES,
     HEADER_LEN,
+    KEX_NAMES,
     MAGIC,
-    MIN_RECORD_PAYLOAD,
-    RANDOM_LEN,
     SCHEME_NAMES,
-    SEQ_LEN,
     SUITE_NAMES,
     SUITES,
-    TAG_LEN,
     VERSION,
     CipherSuite,
     ContentType,
@@ -38,11 +36,13 @@ from .constants import (
     Kex,
     SignatureScheme,
 )
-from .events import FrameTraced, HandshakeComplete
-from .frames import max_payload
-from .kex import GROUPS
-from .keyschedule import KeySchedule, TrafficKeys
-from .messages import Alert
+from protocol.dissect import Dissection, dissect_frame
+from protocol.events import FrameTraced, HandshakeComplete
+from protocol.frames import max_payload
+from protocol.kex import GROUPS, sha256_hex
+from protocol.keyschedule import KeySchedule, TrafficKeys
+from protocol.messages import Alert, ClientHello, ServerHello
+from protocol.wire import Span
 
 UNDECODABLE = "undecodable"
 SECRET_OFFSET = -1
@@ -143,12 +143,6 @@ def _hash_name(length: int | None) -> str:
     return {32: "SHA-256", 48: "SHA-384"}.get(length or 0, "Hash")
 
 
-def _sha256(data: bytes) -> str:
-    h = hashes.Hash(hashes.SHA256())
-    h.update(data)
-    return h.finalize().hex()
-
-
 def _enum_value(enum_type: type[_E], value: int) -> _E | None:
     try:
         return enum_type(value)
@@ -183,7 +177,7 @@ def describe_server_key(der: bytes) -> str:
             what = "Ed25519 public key, DER SPKI"
         else:
             what = f"{type(key).__name__.lstrip('_')}, not RSA or Ed25519 (bad_certificate)"
-    return f"{what}; SHA-256 {_sha256(der)}"
+    return f"{what}; SHA-256 {sha256_hex(der)}"
 
 
 def describe_content(content_type: int | None, content: bytes | None) -> str:
@@ -213,82 +207,11 @@ def describe_content(content_type: int | None, content: bytes | None) -> str:
     return f"{name}, {len(content)} bytes: {preview(content)}"
 
 
-class _Cursor:
-    """Walks a frame, appending rows; a field that does not fit ends the walk as undecodable."""
-
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame
-        self.pos = 0
-        self.end = len(frame)
-        self.rows: list[Row] = []
-        self.broken = False
-
-    @property
-    def left(self) -> int:
-        return self.end - self.pos
-
-    def take(self, n: int, field: str, meaning: str | Callable[[bytes], str]) -> bytes | None:
-        """The next n bytes as one row, or None (and an undecodable row) if they are not there."""
-        if self.broken:
-            return None
-        if n > self.left:
-            self.rest(f"{field} cut short: needs {n} byte(s), {self.left} left (decode_error)")
-            return None
-        data = self.frame[self.pos : self.pos + n]
-        text = meaning if isinstance(meaning, str) else meaning(data)
-        self.rows.append(Row(self.pos, field, data, text))
-        self.pos += n
-        return data
-
-    def uint(self, n: int, field: str, meaning: Callable[[int], str]) -> int | None:
-        """A big-endian u8/u16/u32/u64 field."""
-        data = self.take(n, field, lambda b: meaning(int.from_bytes(b, "big")))
-        return None if data is None else int.from_bytes(data, "big")
-
-    def vector(self, prefix: int, field: str, meaning: Callable[[bytes], str]) -> bytes | None:
-        """``opaque field<0..2^(8*prefix)-1>``: a length row, then the bytes row."""
-        n = self.uint(prefix, f"{field}.length", _length_meaning)
-        if n is None:
-            return None
-        return self.take(n, field, meaning)
-
-    def rest(self, why: str, *, always: bool = True) -> None:
-        """Everything up to ``end`` as one undecodable row (even if empty); the walk stops."""
-        if self.broken:
-            return
-        if always or self.pos < self.end:
-            self.rows.append(
-                Row(self.pos, UNDECODABLE, self.frame[self.pos : self.end], f"undecodable: {why}")
-            )
-        self.pos = self.end
-        self.broken = True
-
-
 def _length_meaning(n: int) -> str:
     return f"{n} byte(s) follow" if n else "0: empty"
 
 
-# --------------------------------------------------------------------------- frame parts
-
-
-def _header(c: _Cursor) -> tuple[FrameType, int] | None:
-    magic = c.take(2, "magic", lambda b: '"KX"' if b == MAGIC else 'bad magic, not "KX"')
-    if magic is None or magic != MAGIC:
-        c.rest("not a KXP frame (bad magic: decode_error)")
-        return None
-    ver = c.uint(1, "ver", _ver_meaning)
-    if ver is None or ver != VERSION:
-        c.rest("unsupported version: payload not parsed (protocol_version)")
-        return None
-    raw_type = c.uint(1, "type", _type_meaning)
-    frame_type = None if raw_type is None else _enum_value(FrameType, raw_type)
-    if frame_type is None:
-        c.rest("unknown frame type: payload not parsed (unexpected_message)")
-        return None
-    length = c.uint(4, "length", lambda n: _length_field_meaning(frame_type, n, len(c.frame)))
-    if length is None:
-        return None
-    return frame_type, length
+# --------------------------------------------------------------------------- field meanings
 
 
 def _ver_meaning(v: int) -> str:
@@ -311,18 +234,6 @@ def _length_field_meaning(frame_type: FrameType, n: int, frame_len: int) -> str:
     if present < n:
         text += f", only {present} present"
     return text
-
-
-def _hello(c: _Cursor, side: str) -> None:
-    c.take(RANDOM_LEN, "random", f"{side} random: 32 fresh bytes")
-    kex = c.uint(1, "kex", _kex_meaning)
-    c.uint(2, "cipher_suite", _suite_meaning)
-    group = c.uint(2, "group", _group_meaning)
-    c.vector(2, "key_share", lambda b: _key_share_meaning(side, group, b))
-    if side == "client":
-        c.vector(1, "psk_identity", _identity_meaning)
-    else:
-        c.vector(2, "server_key", lambda b: _server_key_meaning(kex, b))
 
 
 def _kex_meaning(v: int) -> str:
@@ -368,38 +279,25 @@ def _identity_meaning(raw: bytes) -> str:
         return "PSK identity, not UTF-8 (unknown_psk_identity)"
 
 
-def _server_key_meaning(kex: int | None, der: bytes) -> str:
+_SERVER_KEY_ROLE = {"transport": "RSA transport key", "identity": "identity key"}
+
+
+def _server_key_meaning(kex_code: int | None, der: bytes) -> str:
+    kex = None if kex_code is None else _enum_value(Kex, kex_code)
+    role = METHODS[kex].server_key_role if kex is not None else "identity"
     if not der:
-        if kex == Kex.RSA:
-            return "empty: rsa needs the server's RSA key (illegal_parameter)"
+        if role == "transport":
+            return (
+                f"empty: {KEX_NAMES[kex or Kex.RSA]} needs the server's RSA key (illegal_parameter)"
+            )
         return "empty: no server identity (psk, or anonymous dhe)"
-    role = "RSA transport key" if kex == Kex.RSA else "identity key"
-    return f"server's {role}: {describe_server_key(der)}"
+    return f"server's {_SERVER_KEY_ROLE.get(role, 'key')}: {describe_server_key(der)}"
 
 
-def _key_transport(c: _Cursor) -> None:
-    c.vector(
-        2,
-        "encrypted_secret",
-        lambda b: (
-            "RSA-OAEP(SHA-256) of the 32-byte premaster under the server's RSA key"
-            f" ({len(b)} bytes = a {len(b) * 8}-bit modulus); only the private key opens it"
-        ),
-    )
-
-
-def _server_signature(c: _Cursor) -> None:
-    scheme = c.uint(2, "scheme", _scheme_meaning)
-    name = "the"
-    if scheme is not None and (known := _enum_value(SignatureScheme, scheme)) is not None:
-        name = SCHEME_NAMES[known]
-    c.vector(
-        2,
-        "signature",
-        lambda b: (
-            f"{name} signature by the server's identity key over"
-            ' 0x20×64 || "kexlab/1 server signature" || 0x00 || TH(CH, SH)'
-        ),
+def _encrypted_secret_meaning(data: bytes) -> str:
+    return (
+        "RSA-OAEP(SHA-256) of the 32-byte premaster under the server's RSA key"
+        f" ({len(data)} bytes = a {len(data) * 8}-bit modulus); only the private key opens it"
     )
 
 
@@ -410,20 +308,21 @@ def _scheme_meaning(v: int) -> str:
     return f"0x{v:04x} {SCHEME_NAMES[scheme]}: {_SCHEME_MEANING[scheme]}"
 
 
-def _finished(c: _Cursor, hash_len: int | None) -> None:
-    n = c.left if hash_len is None else hash_len
-    hash_name = _hash_name(n)
-    c.take(
-        n,
-        "verify_data",
-        f"HMAC-{hash_name}(finished_key, TH(every handshake frame before this one)):"
-        " proves the sender derived the same keys from the same bytes",
+def _signature_meaning(scheme: int | None) -> str:
+    name = "the"
+    if scheme is not None and (known := _enum_value(SignatureScheme, scheme)) is not None:
+        name = SCHEME_NAMES[known]
+    return (
+        f"{name} signature by the server's identity key over"
+        ' 0x20×64 || "kexlab/1 server signature" || 0x00 || TH(CH, SH)'
     )
 
 
-def _alert(c: _Cursor) -> None:
-    c.uint(1, "code", _code_meaning)
-    c.vector(1, "reason", _reason_meaning)
+def _verify_data_meaning(hash_len: int | None, data: bytes) -> str:
+    return (
+        f"HMAC-{_hash_name(hash_len or len(data))}(finished_key, TH(every handshake frame"
+        " before this one)): proves the sender derived the same keys from the same bytes"
+    )
 
 
 def _code_meaning(v: int) -> str:
@@ -442,32 +341,119 @@ def _reason_meaning(raw: bytes) -> str:
     return f"for humans: {preview(raw, 200)}"
 
 
-def _record(c: _Cursor, length: int, info: RecordInfo | None, show_secrets: bool) -> None:
-    keys = info.keys if info is not None and show_secrets else None
+def _seq_meaning(seq: int, info: RecordInfo | None, keys: TrafficKeys | None) -> str:
+    text = f"sequence number {seq}"
+    if info is not None and info.epoch is not None:
+        text += f" under key epoch {info.epoch}"
+    text += "; nonce = iv XOR seq, AAD = header || seq"
+    if keys is not None:
+        nonce = (int.from_bytes(keys.iv, "big") ^ seq).to_bytes(12, "big")
+        text += f"; nonce {nonce.hex()}"
+    return text
 
-    def seq_meaning(seq: int) -> str:
-        text = f"sequence number {seq}"
-        if info is not None and info.epoch is not None:
-            text += f" under key epoch {info.epoch}"
-        text += "; nonce = iv XOR seq, AAD = header || seq"
-        if keys is not None:
-            nonce = (int.from_bytes(keys.iv, "big") ^ seq).to_bytes(12, "big")
-            text += f"; nonce {nonce.hex()}"
-        return text
 
-    if length < MIN_RECORD_PAYLOAD:
-        c.rest(f"RECORD payload of {length} bytes is under {MIN_RECORD_PAYLOAD} (decode_error)")
-        return
-    # Split by the declared length, so a cut-short record shows its tag as missing.
-    inner_len = length - SEQ_LEN - TAG_LEN
-    c.uint(SEQ_LEN, "seq", seq_meaning)
-    text = f"AES-GCM ciphertext of content_type || content ({inner_len} bytes)"
+def _ciphertext_meaning(data: bytes, info: RecordInfo | None, keys: TrafficKeys | None) -> str:
+    text = f"AES-GCM ciphertext of content_type || content ({len(data)} bytes)"
     if info is not None and (info.content_type is not None or info.content is not None):
         text += f"; decrypted: {describe_content(info.content_type, info.content)}"
     if keys is not None:
         text += f"; key {keys.key.hex()}"
-    c.take(inner_len, "ciphertext", text)
-    c.take(TAG_LEN, "tag", "AES-GCM tag: authenticates header || seq and the ciphertext")
+    return text
+
+
+_TAG_MEANING = "AES-GCM tag: authenticates header || seq and the ciphertext"
+
+
+class _Meanings:
+    """The meaning of each span of one dissected frame, in order (later fields read earlier ones)."""
+
+    def __init__(
+        self, d: Dissection, hash_len: int | None, info: RecordInfo | None, show_secrets: bool
+    ) -> None:
+        self.d = d
+        self.hash_len = hash_len
+        self.info = info
+        self.keys = info.keys if info is not None and show_secrets else None
+        self.side = "server" if d.frame_type is FrameType.SERVER_HELLO else "client"
+        self.values: dict[str, int] = {}
+
+    def __call__(self, span: Span) -> str:
+        """The meaning of the next span."""
+        name, data = span.name, span.data
+        value = int.from_bytes(data, "big")
+        self.values[name] = value
+        match name:
+            case "magic":
+                return '"KX"' if data == MAGIC else 'bad magic, not "KX"'
+            case "ver":
+                return _ver_meaning(value)
+            case "type":
+                return _type_meaning(value)
+            case "length":
+                frame_type = FrameType(self.values["type"])
+                return _length_field_meaning(frame_type, value, len(self.d.frame))
+            case "random":
+                return f"{self.side} random: 32 fresh bytes"
+            case "kex":
+                return _kex_meaning(value)
+            case "cipher_suite":
+                return _suite_meaning(value)
+            case "group":
+                return _group_meaning(value)
+            case "key_share":
+                return _key_share_meaning(self.side, self.values.get("group"), data)
+            case "psk_identity":
+                return _identity_meaning(data)
+            case "server_key":
+                return _server_key_meaning(self.values.get("kex"), data)
+            case "encrypted_secret":
+                return _encrypted_secret_meaning(data)
+            case "scheme":
+                return _scheme_meaning(value)
+            case "signature":
+                return _signature_meaning(self.values.get("scheme"))
+            case "verify_data":
+                return _verify_data_meaning(self.hash_len, data)
+            case "code":
+                return _code_meaning(value)
+            case "reason":
+                return _reason_meaning(data)
+            case "seq":
+                return _seq_meaning(value, self.info, self.keys)
+            case "ciphertext":
+                return _ciphertext_meaning(data, self.info, self.keys)
+            case "tag":
+                return _TAG_MEANING
+        return _length_meaning(value)  # key_share.length, server_key.length, ...
+
+
+# A header check that failed ends the walk: the rest of the frame is not read (§1).
+_HEADER_STOPS = {
+    "magic": "not a KXP frame (bad magic: decode_error)",
+    "ver": "unsupported version: payload not parsed (protocol_version)",
+    "type": "unknown frame type: payload not parsed (unexpected_message)",
+}
+
+
+def _why_undecodable(d: Dissection) -> tuple[int, int, str] | None:
+    """(start, end, why) of the bytes the decoders could not read, if any."""
+    log = d.log
+    if log.shortfall is not None:
+        short = log.shortfall
+        end = d.payload_end if d.frame_type is not None else len(d.frame)
+        why = f"{short.name} cut short: needs {short.needed} byte(s), {short.left} left"
+        return short.offset, end, f"{why} (decode_error)"
+    if d.frame_type is None and d.header_error is not None:
+        last = log.spans[-1]
+        return last.offset + len(last.data), len(d.frame), _HEADER_STOPS[last.name]
+    if log.trailing is not None:
+        assert d.frame_type is not None
+        extra = d.payload_end - log.trailing
+        why = f"{extra} trailing byte(s) in the {d.frame_type.name} payload (decode_error)"
+        return log.trailing, d.payload_end, why
+    if d.payload_error is not None and d.frame_type is FrameType.RECORD and d.seq is None:
+        return HEADER_LEN, d.payload_end, f"{d.payload_error.reason} (decode_error)"
+    return None
 
 
 # --------------------------------------------------------------------------- public API
@@ -481,42 +467,45 @@ def annotate_frame(
     show_secrets: bool = False,
 ) -> list[Row]:
     """Rows naming every byte of ``frame``; their bytes tile it exactly. Never raises."""
-    frame = bytes(frame)
-    c = _Cursor(frame)
+    return annotate_dissection(
+        dissect_frame(frame, hash_len), record_info=record_info, show_secrets=show_secrets
+    )
+
+
+def annotate_dissection(
+    d: Dissection, *, record_info: RecordInfo | None = None, show_secrets: bool = False
+) -> list[Row]:
+    """``annotate_frame`` for a frame the caller has dissected already."""
+    frame = d.frame
     if not frame:
         return [Row(0, UNDECODABLE, b"", "undecodable: empty, no frame header")]
-    parsed = _header(c)
-    if parsed is not None:
-        frame_type, length = parsed
-        c.end = min(HEADER_LEN + length, len(frame))
-        if frame_type is FrameType.CLIENT_HELLO:
-            _hello(c, "client")
-        elif frame_type is FrameType.SERVER_HELLO:
-            _hello(c, "server")
-        elif frame_type is FrameType.KEY_TRANSPORT:
-            _key_transport(c)
-        elif frame_type is FrameType.SERVER_SIGNATURE:
-            _server_signature(c)
-        elif frame_type is FrameType.FINISHED:
-            _finished(c, hash_len)
-        elif frame_type is FrameType.ALERT:
-            _alert(c)
-        else:
-            _record(c, length, record_info, show_secrets)
-        if not c.broken and c.left:
-            c.rest(f"{c.left} trailing byte(s) in the {frame_type.name} payload (decode_error)")
-    c.end = len(frame)
-    c.broken = False
-    c.rest(f"{c.left} byte(s) beyond the declared length", always=False)
-    return c.rows
+    meaning = _Meanings(d, d.hash_len, record_info, show_secrets)
+    rows = [Row(span.offset, span.name, span.data, meaning(span)) for span in d.log.spans]
+    stop = _why_undecodable(d)
+    if stop is not None:
+        start, end, why = stop
+        rows.append(Row(start, UNDECODABLE, frame[start:end], f"undecodable: {why}"))
+    if d.frame_type is not None and len(frame) > d.payload_end:
+        extra = len(frame) - d.payload_end
+        rows.append(
+            Row(
+                d.payload_end,
+                UNDECODABLE,
+                frame[d.payload_end :],
+                f"undecodable: {extra} byte(s) beyond the declared length",
+            )
+        )
+    return rows
 
 
 def frame_title(frame: bytes, direction: str = "", record_info: RecordInfo | None = None) -> str:
     """A table title such as ``C → S  CLIENT_HELLO, 80 bytes``."""
     name = "?"
-    if len(frame) >= 4 and frame[:2] == MAGIC:
-        ft = _enum_value(FrameType, frame[3])
-        name = ft.name if ft is not None else f"type 0x{frame[3]:02x}"
+    type_span = next((s for s in dissect_frame(frame).log.spans if s.name == "type"), None)
+    if type_span is not None:
+        code = type_span.data[0]
+        ft = _enum_value(FrameType, code)
+        name = ft.name if ft is not None else f"type 0x{code:02x}"
         if ft is FrameType.RECORD and record_info is not None:
             ct = record_info.content_type
             if ct is not None:
@@ -617,19 +606,13 @@ class Annotator:
 
     def rows(self, event: FrameTraced) -> list[Row]:
         """The annotated rows of one traced frame."""
-        frame = event.frame
-        if len(frame) >= HEADER_LEN + RANDOM_LEN + 3 and frame[3] in (
-            FrameType.CLIENT_HELLO,
-            FrameType.SERVER_HELLO,
-        ):
-            suite = int.from_bytes(frame[HEADER_LEN + RANDOM_LEN + 1 : HEADER_LEN + RANDOM_LEN + 3])
-            if _enum_value(CipherSuite, suite) is not None:
-                self.cipher_suite = CipherSuite(suite)
-        return annotate_frame(
-            frame,
-            hash_len=self.hash_len,
-            record_info=self.record_info(event),
-            show_secrets=self.show_secrets,
+        d = dissect_frame(event.frame, self.hash_len)
+        if isinstance(d.message, ClientHello | ServerHello):  # FINISHED's HashLen from here on
+            self.cipher_suite = (
+                _enum_value(CipherSuite, d.message.cipher_suite) or self.cipher_suite
+            )
+        return annotate_dissection(
+            d, record_info=self.record_info(event), show_secrets=self.show_secrets
         )
 
     def record_info(self, event: FrameTraced) -> RecordInfo | None:

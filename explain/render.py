@@ -7,8 +7,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from explain.annotate import FIELDS, SECRET_OFFSET, Row
 from keystore.keys import short_fingerprint
-from protocol.annotate import FIELDS, SECRET_OFFSET, Row
 from protocol.constants import Kex
 from protocol.events import HandshakeComplete
 
