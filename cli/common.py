@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from keystore.psk import parse_psk_spec
 from oob import DEFAULT_URL, MqttSettings
 from oob.payloads import check_server_id
 from protocol import (
@@ -26,9 +27,8 @@ from protocol import (
     Group,
     Kex,
     KexlabError,
-    check_psk_identity,
 )
-from protocol.constants import DEFAULT_PORT, MIN_PSK_LEN
+from protocol.constants import DEFAULT_PORT
 
 try:  # typer >= 0.20 vendors click as typer._click; older ones depend on click
     from typer._click.exceptions import ClickException, UsageError
@@ -179,23 +179,10 @@ def parse_group(value: str) -> Group:
 
 def parse_psk(spec: str) -> tuple[str, bytes]:
     """``IDENTITY=HEX``: a §3 identity and a key of at least 16 bytes."""
-    identity, sep, hex_key = spec.partition("=")
-    if not sep:
-        raise typer.BadParameter(f"{spec!r} is not IDENTITY=HEX")
     try:
-        identity = check_psk_identity(identity.encode("utf-8"))
+        return parse_psk_spec(spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    try:
-        key = bytes.fromhex(hex_key.strip())
-    except ValueError:
-        raise typer.BadParameter(f"the key for {identity!r} is not hex") from None
-    if len(key) < MIN_PSK_LEN:
-        raise typer.BadParameter(
-            f"the key for {identity!r} is {len(key)} bytes; a PSK is at least {MIN_PSK_LEN}"
-            " random bytes (e.g. openssl rand -hex 32)"
-        )
-    return identity, key
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from .keys import (
     short_fingerprint,
     write_private_key,
 )
+from .psk import parse_psk_spec
 from .trust import (
     KnownHosts,
     MqttPinPolicy,
@@ -43,6 +44,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "long_fingerprint",
+    "parse_psk_spec",
     "parse_trust",
     "short_fingerprint",
     "write_private_key",

@@ -173,11 +173,17 @@ def _check_kind(key: object, path: Path) -> None:
         )
 
 
-def load_private_key(path: Path) -> PrivateKey:
-    """An RSA or Ed25519 private key from PKCS#8 or traditional PEM, OpenSSH or DER."""
+def load_private_key(path: Path, *, own: bool = True) -> PrivateKey:
+    """An RSA or Ed25519 private key from PKCS#8 or traditional PEM, OpenSSH or DER.
+
+    ``own``: a key this program uses as its own must be private to its user (0600, as
+    ssh insists); a key found elsewhere (``kexlab decrypt --rsa-key`` of a leaked key)
+    is read whatever its mode.
+    """
     path = Path(path)
     data = _read_key_file(path, "private key")
-    check_permissions(path)
+    if own:
+        check_permissions(path)
     try:
         if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
             key: object = serialization.load_ssh_private_key(data, password=None)

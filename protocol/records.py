@@ -59,6 +59,11 @@ def read_record(reader: Reader, length: int) -> int:
     return seq
 
 
+def record_seq(payload: bytes | memoryview) -> int | None:
+    """The seq of a RECORD payload, as ``open`` reads it; None when the payload is too short."""
+    return _SEQ.unpack_from(payload)[0] if len(payload) >= MIN_RECORD_PAYLOAD else None
+
+
 class _Direction:
     """One direction's traffic secret, AEAD object, iv and seq."""
 
