@@ -23,11 +23,10 @@ from typing import IO, Any
 
 from . import keys
 from .kxp import BenchError
+from .plan import Plan
 from .scenarios import (
     BULK_SIZES,
-    CONCURRENCY,
     DATA_PAIRING,
-    IDLE_CONNECTIONS,
     MALLOC_ENV,
     PAIRING_BY_NAME,
     STREAM_BULK_SIZES,
@@ -41,42 +40,6 @@ Result = dict[str, Any]
 WARM_CONNECTIONS = 16
 """Idle connections opened and closed before the memory baseline is read (imports, caches)."""
 START_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long and how often each measurement runs."""
-
-    items: list[str]
-    duration: float
-    warmup: float
-    repeats: int
-    connections: int = IDLE_CONNECTIONS
-    concurrency: int = CONCURRENCY
-    quick: bool = False
-
-
-def make_plan(
-    items: list[str],
-    *,
-    quick: bool,
-    duration: float | None = None,
-    repeats: int | None = None,
-    connections: int = IDLE_CONNECTIONS,
-    concurrency: int = CONCURRENCY,
-) -> Plan:
-    """Quick: one 0.4 s run per figure (well under a minute); full: best of three 1.5 s runs."""
-    base = 0.4 if quick else 1.5
-    d = base if duration is None else duration
-    return Plan(
-        items=items,
-        duration=d,
-        warmup=min(0.3, max(0.05, d / 4)),
-        repeats=(1 if quick else 3) if repeats is None else repeats,
-        connections=connections,
-        concurrency=concurrency,
-        quick=quick,
-    )
 
 
 def child_env() -> dict[str, str]:

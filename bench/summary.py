@@ -7,12 +7,10 @@ import os
 import platform
 import ssl
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .plan import Plan
 from .scenarios import BULK_SIZES, MALLOC_ENV, PAIRING_BY_NAME, size_label
-
-if TYPE_CHECKING:
-    from .runner import Plan
 
 Result = dict[str, Any]
 

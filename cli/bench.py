@@ -10,7 +10,8 @@ from rich.console import Console
 
 from bench import report, runner, scenarios
 from bench.kxp import BenchError
-from cli.common import fail
+from bench.plan import make_plan
+from cli.errors import fail
 
 ONLY_HELP = (
     "Comma list of measurements to run: "
@@ -58,7 +59,7 @@ def bench(
             report.check_plot()
         except report.PlotUnavailable as exc:
             fail(str(exc))
-    plan = runner.make_plan(
+    plan = make_plan(
         items, quick=quick, duration=duration, repeats=repeats, connections=connections
     )
     console = Console()

@@ -24,7 +24,7 @@ from capture.decrypt import (
     parse_psk,
     report_to_json,
 )
-from cli.common import fail
+from cli.errors import fail
 
 PREVIEW_CHARS = 60
 

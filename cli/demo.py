@@ -24,10 +24,11 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-from cli.common import describe_error, fail
-from cli.output import Explainer
+from cli.errors import fail
 from client.oob import ClientOob
 from client.session import ClientOptions, ClientSession
+from explain.console import describe_error
+from explain.explainer import Explainer
 from explain.render import render_summary_line
 from keystore import MqttPinPolicy, PinPolicy, ServerKeys, ensure_server_keys, long_fingerprint
 from oob import EmbeddedBroker, MqttSettings, OobError

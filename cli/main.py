@@ -5,13 +5,13 @@ from __future__ import annotations
 import typer
 
 from cli.bench import bench
-from cli.common import KexlabGroup
+from cli.client_command import client
 from cli.decrypt import decrypt
 from cli.demo import demo
+from cli.errors import KexlabGroup
 from cli.keygen import keygen
 from cli.oob_commands import broker, psk_send
-from client.command import client
-from server.command import server
+from cli.server_command import server
 
 app = typer.Typer(
     name="kexlab",

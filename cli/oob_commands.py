@@ -18,15 +18,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import (
-    CaOption,
-    OobOption,
-    PasswordFileOption,
-    UsernameOption,
-    error_line,
-    fail,
-    mqtt_settings,
-)
+from cli.errors import fail
+from cli.options import CaOption, OobOption, PasswordFileOption, UsernameOption, mqtt_settings
+from explain.console import error_line
 from oob import (
     DEFAULT_TTL,
     DEFAULT_URL,

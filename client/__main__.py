@@ -1,9 +1,10 @@
-"""``python -m client``: exactly ``kexlab client`` (the same typer command function)."""
+"""``python -m client``: exactly ``kexlab client``.
 
-from cli.common import single_command_app
-from client.command import client
+An entry point, like the ``kexlab`` console script, not a module of the ``client``
+package: it runs the command line (``cli``, the top floor) by name, so nothing in the
+package imports the floor above it.
+"""
 
-app = single_command_app(client, "client", "Connect to a KXP/1 server (same as `kexlab client`).")
+import runpy
 
-if __name__ == "__main__":
-    app(prog_name="python -m client")
+runpy.run_module("cli.client_command", run_name="__main__", alter_sys=True)

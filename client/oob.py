@@ -8,13 +8,12 @@ with the server's (``--verify-sas mqtt``). Every failure is one line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from cli.common import SAS_MISMATCH, default_server_id, mqtt_options_need_oob, mqtt_settings
 from keystore import MqttPinPolicy, TrustPolicy
 from oob import (
     CONNECT_TIMEOUT,
     DEFAULT_SAS_TIMEOUT,
+    SAS_MISMATCH,
     Fingerprint,
     MqttSettings,
     OobError,
@@ -110,32 +109,3 @@ class ClientOob:
             f"SAS verified over MQTT: the server computed the same SAS, all {len(hc.sas) * 8}"
             f" bits ({hc.sas_display} …)"
         )
-
-
-def client_oob(
-    oob: str | None,
-    server_id: str | None,
-    verify_sas: str | None,
-    username: str | None,
-    password_file: Path | None,
-    ca_file: Path | None,
-    *,
-    publish_psk: bool,
-) -> ClientOob | None:
-    """The client's MQTT options checked (usage errors) and read (``OobError``); None without --oob."""
-    mqtt_options_need_oob(
-        oob,
-        username=username,
-        password_file=password_file,
-        ca_file=ca_file,
-        server_id=server_id,
-        verify_sas=verify_sas,
-    )
-    if oob is None:
-        return None
-    return ClientOob(
-        mqtt_settings(oob, username, password_file, ca_file),
-        default_server_id(server_id),
-        verify_sas=verify_sas is not None,
-        publish_psk=publish_psk,
-    )

@@ -22,6 +22,7 @@ from protocol import (
     Kex,
     KexlabError,
     TrustDecision,
+    check_client_config,
     trust_nobody,
 )
 from transport import ConnectionLost, EventHook, KxpStream
@@ -81,7 +82,7 @@ class ClientOptions:
             allow_anonymous=self.allow_anonymous,
             trace=self.explain,
         )
-        cfg.validate()
+        check_client_config(cfg)
         return cfg
 
 

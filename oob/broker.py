@@ -16,6 +16,7 @@ from typing import Any
 from amqtt.broker import Broker  # type: ignore[import-untyped]
 from amqtt.errors import BrokerError  # type: ignore[import-untyped]
 
+from .internals import abort_broker_clients, broker_port
 from .settings import OobError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -116,13 +117,13 @@ class EmbeddedBroker:
             amqtt_log.removeFilter(_drop_startup_traceback)
         self._broker = broker
         if self.port == 0:
-            self.port = self._bound_port(broker)
+            self.port = broker_port(broker)
 
     async def stop(self) -> None:
         """Disconnect every client and close the listener."""
         broker, self._broker = self._broker, None
         if broker is not None:
-            self._drop_clients(broker)
+            abort_broker_clients(broker)
             await broker.shutdown()
 
     async def __aenter__(self) -> EmbeddedBroker:
@@ -136,22 +137,3 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-    @staticmethod
-    def _drop_clients(broker: Broker) -> None:
-        # amqtt's shutdown cancels each client's reader task and waits for it; on Python
-        # 3.11 asyncio.wait_for can swallow that cancel when a packet arrives at the same
-        # moment, and shutdown then hangs on an idle client. Aborting the connections
-        # first ends every reader by EOF instead (clients see the same dropped connection).
-        for _session, handler in list(broker._sessions.values()):
-            stream = getattr(getattr(handler, "writer", None), "_writer", None)
-            transport = getattr(stream, "transport", None)
-            if transport is not None:
-                transport.abort()
-
-    @staticmethod
-    def _bound_port(broker: Broker) -> int:
-        # amqtt keeps its asyncio servers private; this is the one place we look inside.
-        server = broker._servers["default"].instance
-        port: int = server.sockets[0].getsockname()[1]
-        return port

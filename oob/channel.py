@@ -43,6 +43,8 @@ log = logging.getLogger("kexlab.oob")
 PSK_LEN = 32
 DEFAULT_TTL = 300.0
 DEFAULT_SAS_TIMEOUT = 10.0
+SAS_MISMATCH = "SAS mismatch: possible man in the middle"
+"""The reason both ends abort with when the SAS they compared over MQTT differ."""
 
 # MQTT 3.1.1 has no way to tell a publisher that an ACL dropped its message: the
 # broker still answers PUBACK. So a PUBACK proves only that the broker took the bytes.

@@ -16,6 +16,8 @@ from aiomqtt.exceptions import MqttConnectError
 
 from protocol import KexlabError
 
+from .internals import bound_connect, drop_sockets, settle_disconnect
+
 DEFAULT_URL = "mqtt://localhost:1883"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 # Issue 4: with the broker down, psk over MQTT fails within 5 s with one clear line.
@@ -150,19 +152,8 @@ def _new_client(settings: MqttSettings, timeout: float) -> aiomqtt.Client:
         timeout=timeout,
         keepalive=15,
     )
-    # paho's blocking connect runs in an executor thread that asyncio cannot cancel: bound
-    # it below our own deadline so it never opens a socket after we have given up.
-    client._client.connect_timeout = max(0.1, timeout * 0.8)
+    bound_connect(client, max(0.1, timeout * 0.8))  # below our own deadline
     return client
-
-
-def _abandon(client: aiomqtt.Client) -> None:
-    # aiomqtt leaves the socket, its reader callback and its housekeeping task behind
-    # when CONNACK never comes (timeout or cancellation). Closing paho's sockets removes
-    # all three at once, without waiting on a broker that is not answering.
-    paho = client._client
-    if paho.socket() is not None:
-        paho._reset_sockets()
 
 
 def broker_error(settings: MqttSettings, exc: BaseException) -> BrokerUnavailable:
@@ -185,10 +176,10 @@ async def connect(
         async with asyncio.timeout(timeout):
             await client.__aenter__()
     except (aiomqtt.MqttError, TimeoutError) as exc:
-        _abandon(client)
+        drop_sockets(client)
         raise broker_error(settings, exc) from None
     except BaseException:
-        _abandon(client)
+        drop_sockets(client)
         raise
     try:
         yield client
@@ -205,12 +196,4 @@ async def connect(
         with contextlib.suppress(aiomqtt.MqttError):
             await client.__aexit__(None, None, None)
     finally:
-        _settle(client)
-
-
-def _settle(client: aiomqtt.Client) -> None:
-    # A connection that dropped while nobody was reading leaves aiomqtt's disconnect
-    # future holding an exception nobody asked for; asyncio would log it at GC.
-    done = client._disconnected
-    if done.done() and not done.cancelled():
-        done.exception()
+        settle_disconnect(client)

@@ -49,7 +49,13 @@ from .events import (
 from .frames import Frame, FrameDecoder, encode_frame
 from .kex import sha256_hex
 from .keyschedule import keylog_lines, parse_keylog, sas_display
-from .methods import METHODS, KexMethod, check_psk_identity
+from .methods import (
+    METHODS,
+    KexMethod,
+    check_client_config,
+    check_psk_identity,
+    check_server_config,
+)
 from .server_connection import ServerConnection
 
 __all__ = [
@@ -93,7 +99,9 @@ __all__ = [
     "TrustDecision",
     "TrustVerdict",
     "alert_name",
+    "check_client_config",
     "check_psk_identity",
+    "check_server_config",
     "encode_frame",
     "keylog_lines",
     "parse_keylog",

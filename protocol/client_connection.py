@@ -17,7 +17,7 @@ from .frames import Frame
 from .kex import ServerPublicKey, sha256_hex, verify_signature
 from .keyschedule import KeySchedule, TranscriptHash
 from .messages import ClientHello, ServerHello, ServerSignature
-from .methods import METHODS, ClientOffer
+from .methods import METHODS, ClientOffer, check_client_config
 
 
 class ClientConnection(Connection):
@@ -26,7 +26,7 @@ class ClientConnection(Connection):
     role = "client"
 
     def __init__(self, config: ClientConfig) -> None:
-        config.validate()
+        check_client_config(config)
         super().__init__(config.rng, config.key_update_threshold, config.trace)
         self.config = config
         self._method = METHODS[config.kex]

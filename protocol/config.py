@@ -17,7 +17,6 @@ from .kex import (
     check_private_key,
     default_sign,
 )
-from .methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,7 @@ class ClientConfig:
     trace: bool = False
 
     def validate(self) -> None:
-        """Raise ValueError for a proposal that cannot work."""
-        METHODS[self.kex].check_client_config(self)
+        """ValueError for settings no method can use (``methods.check_client_config`` does all)."""
         if self.key_update_threshold < 2:
             raise ValueError("key_update_threshold must be at least 2")
 
@@ -114,9 +112,7 @@ class ServerConfig:
     trace: bool = False
 
     def validate(self) -> None:
-        """Raise ValueError for a configuration that cannot serve what it enables."""
-        for kex in self.kex_methods:
-            METHODS[kex].check_server_config(self)
+        """ValueError for settings no method can use (``methods.check_server_config`` does all)."""
         if self.sign_key is not None:
             check_private_key(self.sign_key, rsa_only=False)
         if not self.kex_methods:

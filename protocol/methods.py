@@ -11,11 +11,11 @@ Adding a method is one class here and one line in ``METHODS``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .alerts import AlertCode, LocalProtocolError, RemoteProtocolError
+from .config import ClientConfig, ServerConfig
 from .constants import GROUP_NAMES, MIN_PSK_LEN, PREMASTER_LEN, Group, Kex
 from .kex import (
     GROUPS,
@@ -31,9 +31,6 @@ from .kex import (
     spki,
 )
 from .messages import ClientHello, KeyTransport, ServerHello
-
-if TYPE_CHECKING:  # the configurations name a method; a method reads them
-    from .config import ClientConfig, ServerConfig
 
 FORBIDDEN_IDENTITY_CHARS = "/+#\x00"
 
@@ -363,3 +360,16 @@ METHODS: dict[Kex, KexMethod] = {
     Kex.DHE: EphemeralDH(),
     Kex.PSK: PreSharedKey(),
 }
+
+
+def check_client_config(config: ClientConfig) -> None:
+    """ValueError for a client proposal that cannot work (the connection checks it too)."""
+    config.validate()
+    METHODS[config.kex].check_client_config(config)
+
+
+def check_server_config(config: ServerConfig) -> None:
+    """ValueError for a server that cannot serve what it enables (the connection checks it too)."""
+    config.validate()
+    for kex in config.kex_methods:
+        METHODS[kex].check_server_config(config)

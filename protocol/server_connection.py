@@ -25,7 +25,7 @@ from .frames import Frame
 from .kex import scheme_for, signed_content
 from .keyschedule import KeySchedule, TranscriptHash
 from .messages import ClientHello, KeyTransport, ServerHello, ServerSignature
-from .methods import METHODS, KexMethod, psk_identity_of
+from .methods import METHODS, KexMethod, check_server_config, psk_identity_of
 
 
 def _kex_label(code: int) -> str:
@@ -42,7 +42,7 @@ class ServerConnection(Connection):
     role = "server"
 
     def __init__(self, config: ServerConfig) -> None:
-        config.validate()
+        check_server_config(config)
         super().__init__(config.rng, config.key_update_threshold, config.trace)
         self.config = config
         self.state = State.WAIT_CLIENT_HELLO

@@ -1,9 +1,10 @@
-"""``python -m server``: exactly ``kexlab server`` (the same typer command function)."""
+"""``python -m server``: exactly ``kexlab server``.
 
-from cli.common import single_command_app
-from server.command import server
+An entry point, like the ``kexlab`` console script, not a module of the ``server``
+package: it runs the command line (``cli``, the top floor) by name, so nothing in the
+package imports the floor above it.
+"""
 
-app = single_command_app(server, "server", "Serve KXP/1 (same as `kexlab server`).")
+import runpy
 
-if __name__ == "__main__":
-    app(prog_name="python -m server")
+runpy.run_module("cli.server_command", run_name="__main__", alter_sys=True)

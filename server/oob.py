@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from cli.common import SAS_MISMATCH
 from keystore import fingerprint
 from oob import (
     DEFAULT_PSK_WAIT,
     DEFAULT_SAS_TIMEOUT,
+    SAS_MISMATCH,
     Fingerprint,
     MqttSettings,
     OobError,

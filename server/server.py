@@ -35,6 +35,7 @@ from protocol import (
     ServerConfig,
     ServerConnection,
     alert_name,
+    check_server_config,
 )
 from protocol.kex import ServerPrivateKey, available_groups
 from transport import ConnectionLost, KxpStream, PskProvider
@@ -111,7 +112,9 @@ class KexlabServer:
             psk_lookup=self._lookup_psk,
             trace=options.explain,
         )
-        self.config.validate()  # ValueError: a configuration that cannot serve what it enables
+        check_server_config(
+            self.config
+        )  # ValueError: a configuration that cannot serve what it enables
         self.app: App = APPS[options.app](options.idle_timeout)
         self.inbox = Inbox(options.inbox)
         self.streams: set[KxpStream] = set()

@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from bench import report, runner, scenarios
+from bench.plan import make_plan
 from bench.scenarios import ALL_ITEMS, MALLOC_ENV, parse_only
 from bench.summary import summarise
 from cli.bench import bench
@@ -68,11 +69,11 @@ def test_only_unknown_name() -> None:
 
 def test_plan_quick_and_full() -> None:
     """--quick is one short run per figure; the full run keeps the best of three longer ones."""
-    quick = runner.make_plan(["pingpong"], quick=True)
-    full = runner.make_plan(["pingpong"], quick=False)
+    quick = make_plan(["pingpong"], quick=True)
+    full = make_plan(["pingpong"], quick=False)
     assert (quick.duration, quick.repeats) == (0.4, 1)
     assert (full.duration, full.repeats) == (1.5, 3)
-    assert runner.make_plan(["pingpong"], quick=True, duration=0.1, repeats=3).repeats == 3
+    assert make_plan(["pingpong"], quick=True, duration=0.1, repeats=3).repeats == 3
 
 
 def test_children_get_fixed_malloc_thresholds() -> None:
@@ -117,7 +118,7 @@ def _fake_result() -> dict[str, Any]:
         "pingpong": {"kexlab": 10.0, "tls": 5.0, "tcp": 20.0},
         "memory": {"connections": 1000, "kexlab": 16.0, "tls": 256.0, "tcp": 4.0},
     }
-    plan = runner.make_plan(["handshake-dhe"], quick=True)
+    plan = make_plan(["handshake-dhe"], quick=True)
     return summarise(results, plan, 1.0)
 
 

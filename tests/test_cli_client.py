@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +21,9 @@ from support_net import (  # noqa: F401  (home_fixture provides the `home` fixtu
 )
 from typer.testing import CliRunner
 
-import client.__main__ as client_main
+from cli.client_command import client as client_command
+from cli.client_command import python_m_app
 from cli.main import app
-from client.command import client as client_command
 from keystore import generate_private_key, short_fingerprint, write_private_key
 from protocol import Kex, parse_keylog
 from server.server import ServerOptions
@@ -351,13 +353,23 @@ def test_usage_errors_are_one_line_exit_2(args: list[str], message: str) -> None
 
 
 def test_python_m_client_is_the_same_command(srv: ThreadServer) -> None:
-    [command] = client_main.app.registered_commands
+    [command] = python_m_app.registered_commands
     assert command.callback is client_command
-    result = runner.invoke(client_main.app, [srv.address, "--send", "via -m"])
+    result = runner.invoke(python_m_app, [srv.address, "--send", "via -m"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == "via -m"
-    bad = runner.invoke(client_main.app, [srv.address, "--kex", "nope"])
+    bad = runner.invoke(python_m_app, [srv.address, "--kex", "nope"])
     assert bad.exit_code == 2 and "unknown key exchange 'nope'" in bad.stderr
+    # client/__main__.py runs exactly that app, under its own name.
+    usage = subprocess.run(
+        [sys.executable, "-m", "client", "--kex", "nope", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("python -m client: error: "), usage.stderr
 
 
 def test_the_server_sees_close_notify(srv: ThreadServer) -> None:

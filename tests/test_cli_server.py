@@ -29,14 +29,14 @@ from support_net import (  # noqa: F401  (home_fixture provides the `home` fixtu
 )
 from typer.testing import CliRunner
 
-import server.__main__ as server_main
 from cli.main import app
+from cli.server_command import python_m_app
+from cli.server_command import server as server_command
 from client.session import ClientOptions, ClientSession
 from keystore import NonePolicy, generate_private_key, write_private_key
 from protocol import Kex, PeerAlert, SignatureScheme, TrustVerdict
 from protocol.frames import FrameDecoder
 from protocol.messages import Alert
-from server.command import server as server_command
 
 pytestmark = pytest.mark.usefixtures("home")
 runner = CliRunner()
@@ -379,9 +379,9 @@ def test_sigterm_sends_close_notify_to_connected_clients() -> None:
 
 
 def test_python_m_server_is_the_same_command() -> None:
-    [command] = server_main.app.registered_commands
+    [command] = python_m_app.registered_commands
     assert command.callback is server_command
-    result, _ = serve(["--kex", "rsa"], echo_each_method_rsa, cli=server_main.app, prefix=())
+    result, _ = serve(["--kex", "rsa"], echo_each_method_rsa, cli=python_m_app, prefix=())
     assert result.exit_code == 0, result.output
     assert "server: handshake complete: rsa/aes256" in result.stdout
 

@@ -26,9 +26,8 @@ from support_net import (  # noqa: F401  (home_fixture provides the `home` fixtu
 )
 from typer.testing import CliRunner
 
-from cli.common import mqtt_settings
 from cli.main import app
-from cli.output import ServerLog
+from cli.options import mqtt_settings
 from client.oob import ClientOob
 from client.session import ClientOptions, ClientSession
 from keystore import MqttPinPolicy, NonePolicy, fingerprint, parse_trust
@@ -44,6 +43,7 @@ from oob import (
 )
 from oob.settings import connect
 from protocol import AlertCode, Kex, LocalProtocolError, PeerAlert, ServerIdentity, TrustVerdict
+from server.log import ServerLog
 from server.oob import ServerOob, announced_key_sha256
 from server.server import KexlabServer, ServerOptions
 

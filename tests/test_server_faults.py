@@ -37,7 +37,6 @@ from support_net import (  # noqa: F401  (home_fixture provides the `home` fixtu
     server_maker,
 )
 
-from cli.output import ServerLog
 from client.session import ClientOptions, ClientSession
 from protocol import (
     AlertCode,
@@ -57,7 +56,8 @@ from protocol import (
 )
 from protocol.messages import Alert
 from server import apps
-from server.command import LoopErrorLog
+from server.log import ServerLog
+from server.run import LoopErrorLog
 from server.server import KexlabServer, ServerOptions
 from transport import ConnectionLost, KxpStream, TransportError
 from transport.control import OP_FILE, encode_control

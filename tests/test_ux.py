@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 
 from cli.demo import RUNS
 from cli.main import app
-from client.command import HELP_LINE
+from client.terminal import HELP_LINE
 from explain.annotate import annotate_frame
 from explain.render import MIN_MEANING_WIDTH, STACKED_HEADER, WIDE_MIN_WIDTH, render_frame
 from protocol import HandshakeComplete, Kex, ServerConfig, ServerConnection

@@ -1,82 +1,19 @@
-"""What the programs print about sessions: explain tables, summary lines, the server's log."""
+"""The server's log on stdout: readable text lines, or one JSON object per line."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
 from rich.console import Console
 
-from explain.annotate import Annotator, annotate_secrets
-from explain.render import render_frame, render_secrets, summary_line
-from protocol import Event, FrameTraced, HandshakeComplete, KeyUpdateReceived
-from server.server import ServerObserver
+from explain.console import out
+from explain.explainer import Explainer
+from explain.render import summary_line
+from protocol import FrameTraced, HandshakeComplete
 
-
-def out(text: str) -> None:
-    """One plain line on stdout, flushed (scripts and tests read it as it comes)."""
-    print(text, flush=True)
-
-
-class Explainer:
-    """One connection's frames as annotated tables (``--explain``), secrets with ``--show-secrets``."""
-
-    def __init__(
-        self,
-        console: Console,
-        role: str,
-        *,
-        frames: bool,
-        show_secrets: bool,
-        label: str = "",
-    ) -> None:
-        self.console = console
-        self.frames = frames
-        self.show_secrets = show_secrets
-        self.label = label
-        self.annotator = Annotator(role, show_secrets=show_secrets)
-        self.complete: HandshakeComplete | None = None
-        self.epochs = {"client": 0, "server": 0}
-        self.role = role
-
-    def on_event(self, event: Event) -> None:
-        """Feed every event of the connection, in order."""
-        if isinstance(event, FrameTraced):
-            if self.frames:
-                render_frame(
-                    self.console,
-                    event.direction,
-                    self.annotator.rows(event),
-                    self.label + self.annotator.title(event),
-                )
-        elif isinstance(event, HandshakeComplete):
-            self.complete = event
-            self.annotator.handshake_complete(event)
-            if self.show_secrets:
-                self.secrets()
-        elif isinstance(event, KeyUpdateReceived):
-            peer = "server" if self.role == "client" else "client"
-            self.epochs[peer] += 1
-            if event.request_update:
-                self.epochs[self.role] += 1
-
-    def key_update_sent(self) -> None:
-        """Our sending key moved on (``/rekey``): later secrets tables show the new epoch."""
-        self.epochs[self.role] += 1
-
-    def secrets(self) -> None:
-        """Print the session's secrets table (only ever with ``--show-secrets``)."""
-        if self.complete is None:
-            return
-        rows = annotate_secrets(
-            self.complete,
-            shared_secret=self.complete.secrets.shared_secret,
-            client_epoch=self.epochs["client"],
-            server_epoch=self.epochs["server"],
-        )
-        render_secrets(self.console, rows, f"{self.label}session secrets (--show-secrets)")
+from .server import ServerObserver
 
 
 class ServerLog(ServerObserver):
@@ -182,8 +119,3 @@ class ServerLog(ServerObserver):
                 for r in rows
             ],
         )
-
-
-def stderr_console() -> Console:
-    """A console on stderr (progress bars, warnings)."""
-    return Console(file=sys.stderr, highlight=False)

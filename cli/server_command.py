@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import math
-import signal
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from capture.tap import CaptureFileError, close_pcap, open_pcap
-from cli.common import (
+from explain.console import describe_error
+from keystore import KeyFileError, data_dir
+from oob import DEFAULT_PSK_WAIT, OobError
+from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
+from server.apps import APPS
+from server.log import ServerLog
+from server.oob import ServerOob
+from server.run import LOG_FORMATS, serve, server_options
+from server.server import DEFAULT_MAX_CONNECTIONS
+
+from .errors import fail, single_command_app
+from .options import (
     CaOption,
     ExplainOption,
     KeylogOption,
@@ -29,31 +32,10 @@ from cli.common import (
     UsernameOption,
     VerifySasOption,
     default_server_id,
-    describe_error,
-    fail,
     mqtt_options_need_oob,
     mqtt_settings,
-    parse_kex_list,
-    parse_psk,
 )
-from cli.output import ServerLog
-from keystore import (
-    KeyFileError,
-    data_dir,
-    ensure_server_keys,
-    fingerprint,
-    load_private_key,
-)
-from oob import DEFAULT_PSK_WAIT, OobError
-from oob.payloads import psk_filter
-from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT, KEX_NAMES, Kex
-from protocol.kex import ServerPrivateKey
-
-from .apps import APPS
-from .oob import ServerOob
-from .server import DEFAULT_MAX_CONNECTIONS, KexlabServer, ServerOptions
-
-LOG_FORMATS = ("text", "json")
+from .parsing import parse_kex_list, parse_psk
 
 
 def _check_app(value: str) -> str:
@@ -188,7 +170,7 @@ def server(
     methods = parse_kex_list(kex)
     log = ServerLog(log_format, explain=explain, show_secrets=show_secrets)
     try:
-        options = _options(
+        options = server_options(
             methods, rsa_key, sign_key, anonymous, log, inbox or data_dir() / "inbox"
         )
     except (KeyFileError, ValueError, OSError) as exc:
@@ -206,7 +188,7 @@ def server(
     if pcap is not None:
         log.emit("capture", path=str(pcap))
     try:
-        asyncio.run(_serve(options, log, mqtt))
+        asyncio.run(serve(options, log, mqtt))
     except (ValueError, OSError) as exc:
         fail(describe_error(exc))
     finally:
@@ -258,125 +240,8 @@ def _mqtt(
     return ServerOob(settings, sid, psk_wait=wait, verify_sas=verify_sas is not None)
 
 
-def _options(
-    methods: frozenset[Kex],
-    rsa_path: Path | None,
-    sign_path: Path | None,
-    anonymous: bool,
-    log: ServerLog,
-    inbox: Path,
-) -> ServerOptions:
-    """Load or create the keys the enabled methods need."""
-    rsa_key: rsa.RSAPrivateKey | None = None
-    needs_rsa = Kex.RSA in methods or (Kex.DHE in methods and not anonymous and sign_path is None)
-    if rsa_path is not None:
-        key = load_private_key(rsa_path)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise KeyFileError(f"{rsa_path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
-        rsa_key = key
-        log.emit("key", role="rsa", sha256=fingerprint(key), path=str(rsa_path))
-    elif needs_rsa:
-        keys = ensure_server_keys(data_dir())
-        rsa_key = keys.rsa_key
-        if keys.created:
-            log.emit("key-created", path=str(keys.rsa_path), sha256=keys.fingerprint)
-        log.emit("key", role="rsa", sha256=keys.fingerprint, path=str(keys.rsa_path))
-    sign_key: ServerPrivateKey | None = None
-    if Kex.DHE in methods and not anonymous:
-        if sign_path is not None:
-            sign_key = load_private_key(sign_path)
-            log.emit("key", role="sign", sha256=fingerprint(sign_key), path=str(sign_path))
-        else:
-            sign_key = rsa_key
-    return ServerOptions(
-        kex_methods=methods,
-        rsa_key=rsa_key if Kex.RSA in methods else None,
-        sign_key=sign_key,
-        inbox=inbox,
-    )
+python_m_app = single_command_app(server, "server", "Serve KXP/1 (same as `kexlab server`).")
+"""``python -m server``: server/__main__.py runs this module, which runs this app."""
 
-
-async def _serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None = None) -> None:
-    """Listen until SIGINT or SIGTERM, then close every session with close_notify."""
-    asyncio.get_running_loop().set_exception_handler(LoopErrorLog(log))
-    if mqtt is not None:
-        mqtt.attach(options)
-    srv = KexlabServer(options, log)
-    host, port = await srv.start()
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    methods = ",".join(KEX_NAMES[k] for k in sorted(options.kex_methods))
-    log.emit(
-        "listening",
-        address=shown,
-        kex=methods,
-        app=options.app,
-        anonymous=Kex.DHE in options.kex_methods and options.sign_key is None,
-        psk_identities=",".join(sorted(options.psks)) or "-",
-    )
-    if mqtt is not None:
-        _announce(mqtt, options, shown, log)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-    try:
-        await srv.serve_until(stop)
-    finally:
-        for sig in handled:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        if mqtt is not None:
-            await mqtt.stop()
-    log.emit("stopped", connections_closed=len(srv.streams) == 0)
-
-
-_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-class LoopErrorLog:
-    """asyncio's own error reports as server log lines, never a traceback on stderr.
-
-    The one an operator meets is accept() running out of file descriptors: asyncio
-    stops accepting for a second and retries, reporting it with a traceback once per
-    connection waiting in the backlog (Python 3.11 keeps looping after the error), so
-    those reports become at most one line a second.
-    """
-
-    def __init__(self, log: ServerLog, clock: Callable[[], float] = time.monotonic) -> None:
-        self.log = log
-        self.clock = clock
-        self._last_pause = -math.inf
-
-    def __call__(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """The loop's exception handler."""
-        exc = context.get("exception")
-        message = str(context.get("message", "asyncio error"))
-        if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS and "accept" in message:
-            now = self.clock()
-            if now - self._last_pause >= 1.0:
-                self._last_pause = now
-                self.log.emit(
-                    "accept-paused",
-                    reason=f"{exc.strerror or exc}: new connections wait about 1 s"
-                    " (raise `ulimit -n` or lower --max-connections)",
-                )
-            return
-        detail = f"{type(exc).__name__}: {exc}" if exc is not None else ""
-        self.log.emit("loop-error", message=message, error=detail)
-
-
-def _announce(mqtt: ServerOob, options: ServerOptions, address: str, log: ServerLog) -> None:
-    """Start the out-of-band channel and say what it does."""
-    announced = mqtt.start(options, address, log)
-    log.emit(
-        "mqtt",
-        broker=mqtt.settings.describe(),
-        server_id=mqtt.server_id,
-        subscribe=psk_filter(mqtt.server_id),
-        fingerprint=f"{announced[0]}:{announced[1]}" if announced else "-",
-        psk_wait=mqtt.psk_wait,
-        verify_sas=mqtt.verify_sas,
-    )
+if __name__ == "__main__":
+    python_m_app(prog_name="python -m server")

@@ -1,0 +1,318 @@
+"""``kexlab client HOST[:PORT]`` (and ``python -m client``): one session from the terminal.
+
+Modes, in this order: ``--send`` messages and/or ``--send-file``; else lines from stdin
+when it is not a terminal; else an interactive prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from capture.tap import CaptureFileError, close_pcap, open_pcap
+from client.oob import ClientOob
+from client.session import ClientOptions, SessionError
+from client.terminal import RunProgress, describe_failure, run
+from explain.console import error_line
+from keystore import KeyFileError, data_dir, parse_trust
+from oob import OobError
+from protocol import DEFAULT_HANDSHAKE_TIMEOUT, KEX_NAMES, Kex, ProtocolError
+from protocol.constants import MAX_CONTENT
+from transport import TransportError
+from transport.keylog import append_keylog
+
+from .errors import fail, single_command_app
+from .options import (
+    CaOption,
+    ExplainOption,
+    KeylogOption,
+    OptionalOobOption,
+    PasswordFileOption,
+    PcapOption,
+    ServerIdOption,
+    ShowSecretsOption,
+    UsernameOption,
+    VerifySasOption,
+    default_server_id,
+    mqtt_options_need_oob,
+    mqtt_settings,
+)
+from .parsing import parse_address, parse_group, parse_kex, parse_psk, parse_suite
+
+DEFAULT_GROUP = "x25519"
+DEFAULT_TRUST = "tofu"
+
+
+def _check_address(value: str) -> str:
+    parse_address(value)
+    return value
+
+
+def _check_kex(value: str | None) -> str | None:
+    if value is not None:
+        parse_kex(value)
+    return value
+
+
+def _check_group(value: str | None) -> str | None:
+    if value is not None:
+        parse_group(value)
+    return value
+
+
+def _check_suite(value: str) -> str:
+    parse_suite(value)
+    return value
+
+
+def _check_psk(value: str | None) -> str | None:
+    if value is not None:
+        parse_psk(value)
+    return value
+
+
+def client(
+    address: Annotated[
+        str,
+        typer.Argument(
+            metavar="HOST[:PORT]",
+            callback=_check_address,
+            help="The server (port 9700 unless given; IPv6 as [::1]:9700).",
+        ),
+    ],
+    kex: Annotated[
+        str | None,
+        typer.Option(
+            callback=_check_kex, help="rsa, dhe or psk. Default: dhe, or psk when --psk is given."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            callback=_check_group,
+            help="dhe group: x25519, secp256r1, secp384r1, ffdhe2048, ffdhe3072. Default: x25519.",
+            show_default=False,
+        ),
+    ] = None,
+    suite: Annotated[
+        str, typer.Option(callback=_check_suite, help="Cipher suite: aes128 or aes256.")
+    ] = "aes256",
+    psk: Annotated[
+        str | None,
+        typer.Option(
+            metavar="IDENTITY=HEX",
+            callback=_check_psk,
+            help="The pre-shared key, as handed over out of band.",
+        ),
+    ] = None,
+    trust: Annotated[
+        str | None,
+        typer.Option(
+            metavar="POLICY",
+            help="How to trust the server key (rsa, dhe): tofu (record it on first use in"
+            " $KEXLAB_HOME/known_hosts, keyed by host:port), none, pin:SHA256HEX or pin:FILE"
+            " (a public key file), or mqtt (pin the fingerprint the server announces on"
+            " the --oob broker: only as trustworthy as the broker's write permissions)."
+            " Default: tofu.",
+            show_default=False,
+        ),
+    ] = None,
+    oob: OptionalOobOption = None,
+    server_id: ServerIdOption = None,
+    verify_sas: VerifySasOption = None,
+    mqtt_username: UsernameOption = None,
+    mqtt_password_file: PasswordFileOption = None,
+    mqtt_ca: CaOption = None,
+    send: Annotated[
+        list[str] | None,
+        typer.Option(metavar="TEXT", help="Send TEXT, print the echo (repeatable); then exit."),
+    ] = None,
+    send_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--send-file",
+            metavar="PATH",
+            help="Upload a file to the server's inbox; size and SHA-256 are checked.",
+        ),
+    ] = None,
+    explain: ExplainOption = False,
+    show_secrets: ShowSecretsOption = False,
+    keylog: KeylogOption = None,
+    pcap: PcapOption = None,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.01, help="Seconds for connect, handshake and each reply."),
+    ] = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> None:
+    """Connect to a kexlab server, agree on a key, and talk over AES-GCM records."""
+    host, port = parse_address(address)
+    method = parse_kex(kex) if kex is not None else (Kex.PSK if psk else Kex.DHE)
+    identity, key = parse_psk(psk) if psk else ("", b"")
+    _check_combination(method, psk, oob, group, trust)
+    if send_file is not None:
+        _check_readable(send_file)
+    for text in send or []:
+        if len(text.encode("utf-8")) > MAX_CONTENT:
+            raise typer.BadParameter(
+                f"a message is at most {MAX_CONTENT} bytes (use --send-file)",
+                param_hint="'--send'",
+            )
+    options = ClientOptions(
+        host=host,
+        port=port,
+        kex=method,
+        group=parse_group(group or DEFAULT_GROUP),
+        suite=parse_suite(suite),
+        psk_identity=identity,
+        psk=key,
+        explain=explain,
+        keylog=keylog,
+        timeout=timeout,
+    )
+    try:
+        mqtt = client_oob(
+            oob,
+            server_id,
+            verify_sas,
+            mqtt_username,
+            mqtt_password_file,
+            mqtt_ca,
+            publish_psk=method is Kex.PSK and not psk,
+        )
+    except OobError as exc:
+        fail(str(exc))
+    if mqtt is not None and mqtt.publish_psk:
+        mqtt.new_psk(options)
+    try:
+        policy = parse_trust(
+            trust or DEFAULT_TRUST,
+            options.address,
+            data_dir() / "known_hosts",
+            mqtt=mqtt is not None,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--trust'") from None
+    options.trust, options.allow_anonymous = policy.decide, policy.allow_anonymous
+    try:
+        options.config()
+    except ValueError as exc:
+        fail(str(exc))
+    if keylog is not None:
+        _check_keylog(keylog)
+    # No stdin at all (started with stdin closed): nothing to read, like an empty pipe.
+    interactive = not send and send_file is None and sys.stdin is not None and sys.stdin.isatty()
+    try:
+        options.pcap = open_pcap(pcap) if pcap is not None else None
+    except CaptureFileError as exc:
+        fail(str(exc))
+    options.on_pcap_error = lambda reason: error_line(f"warning: --pcap {pcap}: {reason}")
+    progress = RunProgress()
+    try:
+        asyncio.run(
+            run(options, policy, send or [], send_file, show_secrets, interactive, mqtt, progress)
+        )
+    except KeyboardInterrupt:
+        fail(
+            "interrupted (Ctrl-C): session closed with close_notify"
+            if progress.connected
+            else "interrupted (Ctrl-C) before the handshake completed"
+        )
+    except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
+        fail(describe_failure(exc, options))
+    except OobError as exc:
+        fail(str(exc))
+    finally:
+        if options.pcap is not None and pcap is not None:
+            try:
+                close_pcap(options.pcap, pcap)
+            except CaptureFileError as exc:
+                fail(str(exc))
+
+
+def _check_combination(
+    method: Kex, psk: str | None, oob: str | None, group: str | None, trust: str | None
+) -> None:
+    """Usage errors for options that would be silently ignored with this method."""
+    name = KEX_NAMES[method]
+    if method is Kex.PSK and not psk and oob is None:
+        raise typer.BadParameter(
+            "--kex psk needs --psk IDENTITY=HEX (or --oob mqtt://HOST:PORT to send a fresh"
+            " key to the server over MQTT)",
+            param_hint="'--psk'",
+        )
+    if method is not Kex.PSK and psk:
+        raise typer.BadParameter(f"--psk is for --kex psk, not {name}", param_hint="'--psk'")
+    if group is not None and method is not Kex.DHE:
+        raise typer.BadParameter(
+            f"--group is for --kex dhe: {name} uses no Diffie-Hellman group",
+            param_hint="'--group'",
+        )
+    if trust is not None and method is Kex.PSK:
+        raise typer.BadParameter(
+            "--trust decides about the server key of rsa and dhe; with psk there is none:"
+            " the pre-shared key itself authenticates the server",
+            param_hint="'--trust'",
+        )
+
+
+def _check_readable(path: Path) -> None:
+    """A usage error, before connecting, for a --send-file that cannot be read."""
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else None
+        raise typer.BadParameter(f"{path}: {what or 'no such file'}", param_hint="'--send-file'")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise typer.BadParameter(f"{path}: {reason}", param_hint="'--send-file'") from None
+
+
+def _check_keylog(path: Path) -> None:
+    """Fail before connecting if the key log cannot be written (it would fail after the handshake)."""
+    try:
+        append_keylog(path, "")  # creates it mode 0600, as the real write would
+    except OSError as exc:
+        fail(f"cannot write the key log {path}: {(exc.strerror or str(exc)).lower()}")
+
+
+def client_oob(
+    oob: str | None,
+    server_id: str | None,
+    verify_sas: str | None,
+    username: str | None,
+    password_file: Path | None,
+    ca_file: Path | None,
+    *,
+    publish_psk: bool,
+) -> ClientOob | None:
+    """The client's MQTT options checked (usage errors) and read (``OobError``); None without --oob."""
+    mqtt_options_need_oob(
+        oob,
+        username=username,
+        password_file=password_file,
+        ca_file=ca_file,
+        server_id=server_id,
+        verify_sas=verify_sas,
+    )
+    if oob is None:
+        return None
+    return ClientOob(
+        mqtt_settings(oob, username, password_file, ca_file),
+        default_server_id(server_id),
+        verify_sas=verify_sas is not None,
+        publish_psk=publish_psk,
+    )
+
+
+python_m_app = single_command_app(
+    client, "client", "Connect to a KXP/1 server (same as `kexlab client`)."
+)
+"""``python -m client``: client/__main__.py runs this module, which runs this app."""
+
+if __name__ == "__main__":
+    python_m_app(prog_name="python -m client")

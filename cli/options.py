@@ -1,0 +1,150 @@
+"""Options spelled once for every command that takes them: session options, MQTT options."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from oob import DEFAULT_URL, MqttSettings
+from oob.payloads import check_server_id
+
+# --------------------------------------------------------------------------- session options
+# One definition for ``kexlab server`` and ``kexlab client``, so both spell and explain them alike.
+
+ExplainOption = Annotated[
+    bool, typer.Option("--explain", help="Print every frame as an annotated table.")
+]
+ShowSecretsOption = Annotated[
+    bool,
+    typer.Option(
+        "--show-secrets",
+        help="Also print the session's secret values (shared secret, master, traffic keys).",
+    ),
+]
+KeylogOption = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE",
+        envvar="KEXLAB_KEYLOGFILE",
+        help="Append each session's traffic secrets (NSS key log style) to FILE.",
+    ),
+]
+PcapOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pcap",
+        metavar="FILE",
+        help="Write what crosses the connection(s) to FILE as a pcap (no root needed).",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- MQTT options
+# One definition for ``kexlab server``, ``kexlab client`` and ``kexlab psk send`` (§8), so the
+# three spell, explain and read them (environment variables included) the same way.
+
+OOB_HELP = "MQTT broker of the out-of-band channel: mqtt://HOST:PORT or mqtts://HOST:PORT."
+
+OobOption = Annotated[str, typer.Option("--oob", metavar="URL", help=OOB_HELP)]
+"""``psk send``: the broker, ``mqtt://localhost:1883`` by default."""
+OptionalOobOption = Annotated[
+    str | None,
+    typer.Option(
+        "--oob",
+        metavar="URL",
+        help=OOB_HELP + " Turns on the MQTT features (README: the out-of-band lesson).",
+        show_default=False,
+    ),
+]
+"""``server`` / ``client``: no broker unless asked for."""
+ServerIdOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server-id",
+        help="The server's name on the broker (topics kexlab/v1/SERVER_ID/...)."
+        " Default: this machine's host name (the server's default when it runs here).",
+        show_default=False,
+    ),
+]
+VerifySasOption = Annotated[
+    str | None,
+    typer.Option(
+        "--verify-sas",
+        metavar="mqtt",
+        help="After the handshake, compare the full SAS with the peer's over the --oob"
+        " broker; a mismatch aborts the connection.",
+        show_default=False,
+    ),
+]
+UsernameOption = Annotated[
+    str | None,
+    typer.Option(help="MQTT user name (or KEXLAB_MQTT_USERNAME).", show_default=False),
+]
+PasswordFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="File whose first line is the MQTT password (or KEXLAB_MQTT_PASSWORD_FILE).",
+        show_default=False,
+    ),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM CA file for an mqtts:// broker (or KEXLAB_MQTT_CA).", show_default=False
+    ),
+]
+
+
+def mqtt_settings(
+    url: str = DEFAULT_URL,
+    username: str | None = None,
+    password_file: Path | None = None,
+    ca_file: Path | None = None,
+) -> MqttSettings:
+    """The broker settings from the shared options (unset ones from KEXLAB_MQTT_*); OobError."""
+    return MqttSettings.from_url(
+        url, username=username, password_file=password_file, ca_file=ca_file
+    )
+
+
+def mqtt_options_need_oob(
+    oob: str | None,
+    *,
+    username: str | None = None,
+    password_file: Path | None = None,
+    ca_file: Path | None = None,
+    server_id: str | None = None,
+    verify_sas: str | None = None,
+) -> None:
+    """Usage error for an MQTT option given without ``--oob`` (it would silently do nothing)."""
+    if verify_sas is not None and verify_sas != "mqtt":
+        raise typer.BadParameter(
+            f"{verify_sas!r}: the SAS can only be compared over mqtt", param_hint="'--verify-sas'"
+        )
+    if oob is not None:
+        return
+    given = {
+        "--mqtt-username": username,
+        "--mqtt-password-file": password_file,
+        "--mqtt-ca": ca_file,
+        "--server-id": server_id,
+        "--verify-sas": verify_sas,
+    }
+    for name, value in given.items():
+        if value is not None:
+            raise typer.BadParameter(
+                "needs the MQTT out-of-band channel: add --oob mqtt://HOST:PORT",
+                param_hint=f"'{name}'",
+            )
+
+
+def default_server_id(server_id: str | None) -> str:
+    """``--server-id`` checked as one topic level, or this machine's host name."""
+    value = server_id if server_id is not None else socket.gethostname()
+    try:
+        return check_server_id(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--server-id'") from None

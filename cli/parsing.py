@@ -1,0 +1,91 @@
+"""Parsers of the values people type (``--kex``, ``--group``, ``HOST:PORT``, ``--psk``).
+
+Each raises ``typer.BadParameter``, a usage mistake (exit 2), with what was wrong and
+what would be right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+
+from keystore import parse_psk_spec
+from protocol import GROUP_NAMES, KEX_NAMES, SUITE_NAMES, CipherSuite, Group, Kex
+from protocol.constants import DEFAULT_PORT
+
+KEX_BY_NAME = {name: kex for kex, name in KEX_NAMES.items()}
+SUITE_BY_NAME = {name: suite for suite, name in SUITE_NAMES.items()}
+GROUP_BY_NAME: dict[str, Group] = {
+    **{name: g for g, name in GROUP_NAMES.items() if g is not Group.NONE},
+    "p256": Group.SECP256R1,
+    "p-256": Group.SECP256R1,
+    "p384": Group.SECP384R1,
+    "p-384": Group.SECP384R1,
+}
+
+
+def _choice(value: str, table: dict[str, Any], what: str, shown: Sequence[str] = ()) -> Any:
+    key = value.strip().lower()
+    if key not in table:
+        raise typer.BadParameter(f"unknown {what} {value!r}: use {', '.join(shown or table)}")
+    return table[key]
+
+
+def parse_kex(value: str) -> Kex:
+    """rsa | dhe | psk."""
+    kex: Kex = _choice(value, KEX_BY_NAME, "key exchange")
+    return kex
+
+
+def parse_kex_list(value: str) -> frozenset[Kex]:
+    """A comma-separated list of methods (``rsa,dhe,psk``)."""
+    names = [part for part in value.split(",") if part.strip()]
+    if not names:
+        raise typer.BadParameter("name at least one method: rsa, dhe, psk")
+    return frozenset(parse_kex(name) for name in names)
+
+
+def parse_suite(value: str) -> CipherSuite:
+    """aes128 | aes256."""
+    suite: CipherSuite = _choice(value, SUITE_BY_NAME, "cipher suite")
+    return suite
+
+
+def parse_group(value: str) -> Group:
+    """x25519 | secp256r1 | secp384r1 | ffdhe2048 | ffdhe3072 (p256/p384 accepted)."""
+    shown = [n for g, n in GROUP_NAMES.items() if g is not Group.NONE]
+    group: Group = _choice(value, GROUP_BY_NAME, "group", shown)
+    return group
+
+
+def parse_psk(spec: str) -> tuple[str, bytes]:
+    """``IDENTITY=HEX``: a §3 identity and a key of at least 16 bytes."""
+    try:
+        return parse_psk_spec(spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` (port 9700 by default)."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise typer.BadParameter(f"{text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise typer.BadParameter(f"{text!r} is not [HOST]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise typer.BadParameter(f"{text!r} has no host")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise typer.BadParameter(f"port {port_text!r} is not a number from 1 to 65535")
+    return host, int(port_text)
