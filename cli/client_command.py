@@ -20,7 +20,7 @@ from client.terminal import RunProgress, describe_failure, run
 from explain.console import error_line
 from keystore import KeyFileError, data_dir, parse_trust
 from oob import OobError
-from protocol import DEFAULT_HANDSHAKE_TIMEOUT, KEX_NAMES, Kex, ProtocolError
+from protocol import DEFAULT_HANDSHAKE_TIMEOUT, KEX_NAMES, METHODS, Kex, ProtocolError
 from protocol.constants import MAX_CONTENT
 from transport import TransportError
 from transport.keylog import append_keylog
@@ -181,7 +181,7 @@ def client(
             mqtt_username,
             mqtt_password_file,
             mqtt_ca,
-            publish_psk=method is Kex.PSK and not psk,
+            publish_psk=METHODS[method].needs_psk and not psk,
         )
     except OobError as exc:
         fail(str(exc))
@@ -197,6 +197,7 @@ def client(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--trust'") from None
     options.trust, options.allow_anonymous = policy.decide, policy.allow_anonymous
+    options.confirm_trust = policy.confirm
     try:
         options.config()
     except ValueError as exc:
@@ -237,21 +238,21 @@ def _check_combination(
     method: Kex, psk: str | None, oob: str | None, group: str | None, trust: str | None
 ) -> None:
     """Usage errors for options that would be silently ignored with this method."""
-    name = KEX_NAMES[method]
-    if method is Kex.PSK and not psk and oob is None:
+    name, m = KEX_NAMES[method], METHODS[method]
+    if m.needs_psk and not psk and oob is None:
         raise typer.BadParameter(
             "--kex psk needs --psk IDENTITY=HEX (or --oob mqtt://HOST:PORT to send a fresh"
             " key to the server over MQTT)",
             param_hint="'--psk'",
         )
-    if method is not Kex.PSK and psk:
+    if not m.needs_psk and psk:
         raise typer.BadParameter(f"--psk is for --kex psk, not {name}", param_hint="'--psk'")
-    if group is not None and method is not Kex.DHE:
+    if group is not None and not m.uses_group:
         raise typer.BadParameter(
             f"--group is for --kex dhe: {name} uses no Diffie-Hellman group",
             param_hint="'--group'",
         )
-    if trust is not None and method is Kex.PSK:
+    if trust is not None and not m.server_key_role:
         raise typer.BadParameter(
             "--trust decides about the server key of rsa and dhe; with psk there is none:"
             " the pre-shared key itself authenticates the server",

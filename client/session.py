@@ -21,6 +21,7 @@ from protocol import (
     HandshakeComplete,
     Kex,
     KexlabError,
+    ServerIdentity,
     TrustDecision,
     check_client_config,
     trust_nobody,
@@ -56,6 +57,8 @@ class ClientOptions:
     psk: bytes = b""
     trust: TrustDecision = trust_nobody
     allow_anonymous: bool = False
+    confirm_trust: Callable[[ServerIdentity], None] | None = None
+    """Told the trusted server key once the handshake proved it (tofu records it then)."""
     explain: bool = False
     keylog: Path | None = None
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
@@ -75,9 +78,9 @@ class ClientOptions:
         cfg = ClientConfig(
             kex=self.kex,
             cipher_suite=self.suite,
-            group=self.group if self.kex is Kex.DHE else Group.NONE,
-            psk_identity=self.psk_identity if self.kex is Kex.PSK else "",
-            psk=self.psk if self.kex is Kex.PSK else b"",
+            group=self.group,  # each method uses only its own fields
+            psk_identity=self.psk_identity,
+            psk=self.psk,
             trust=self.trust,
             allow_anonymous=self.allow_anonymous,
             trace=self.explain,
@@ -127,6 +130,8 @@ class ClientSession:
             stream.on_bytes = tap.on_bytes  # nothing is sent before the handshake starts
         try:
             hc = await stream.do_handshake(options.timeout)
+            if conn.server_identity is not None and options.confirm_trust is not None:
+                options.confirm_trust(conn.server_identity)
             if options.keylog is not None:
                 append_keylog(options.keylog, hc.keylog)
         except BaseException:

@@ -6,8 +6,9 @@ from rich.console import Console
 
 from protocol import Event, FrameTraced, HandshakeComplete, KeyUpdateReceived
 
-from .annotate import Annotator, annotate_secrets
+from .annotator import Annotator
 from .render import render_frame, render_secrets
+from .secrets import annotate_secrets
 
 
 class Explainer:

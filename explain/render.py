@@ -7,9 +7,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from explain.annotate import FIELDS, SECRET_OFFSET, Row
+from explain.rows import FIELDS, SECRET_OFFSET, Row
 from keystore.keys import short_fingerprint
-from protocol.constants import Kex
 from protocol.events import HandshakeComplete
 
 HEX_PER_LINE = 16
@@ -103,7 +102,7 @@ def summary_line(complete: HandshakeComplete, elapsed_ms: float, role: str = "")
     """method/group/suite, server key fingerprint, SAS and handshake time, on one line."""
     if complete.server_key_sha256:
         key = f"server key {short_fingerprint(complete.server_key_sha256)}"
-    elif complete.kex is Kex.PSK:
+    elif complete.psk_identity:
         key = f"psk identity {complete.psk_identity}"
     else:
         key = "server key none (anonymous: not authenticated)"

@@ -3,6 +3,12 @@
 ``tofu`` (trust on first use, like ``ssh``), ``none`` (nothing is checked: a lesson in
 why that is dangerous), ``pin:SHA256HEX`` and ``pin:FILE``. A policy is handed to the
 protocol core as ``ClientConfig(trust=policy.decide, allow_anonymous=policy.allow_anonymous)``.
+
+``decide`` is a pure decision on what the policy already knows (no file is read or
+written while the core waits on it). A key is proven only when the handshake completes
+(the server's FINISHED, or its signature and FINISHED, needs the private key), so what a
+policy remembers of a key (tofu's known_hosts line) is written by ``confirm``, which the
+program calls after ``HandshakeComplete`` and never after a failed handshake.
 """
 
 from __future__ import annotations
@@ -101,8 +107,11 @@ class TrustPolicy:
         self.notes: list[str] = []
 
     def decide(self, identity: ServerIdentity) -> TrustVerdict:
-        """The verdict on the server's key (refusal sends bad_certificate)."""
+        """The verdict on the server's key (refusal sends bad_certificate); no side effects."""
         raise NotImplementedError
+
+    def confirm(self, identity: ServerIdentity) -> None:
+        """The handshake with ``identity`` completed: the key is proven; remember what to."""
 
     def __call__(self, identity: ServerIdentity) -> TrustVerdict:
         """A policy is itself a ``protocol.TrustDecision``."""
@@ -118,22 +127,21 @@ class TofuPolicy(TrustPolicy):
         super().__init__()
         self.host_port = host_port
         self.known_hosts = KnownHosts(known_hosts)
+        # Read once, before connecting: the decision during the handshake reads no file.
+        self._known: str | None = None
+        self._unreadable = ""
+        try:
+            self._known = self.known_hosts.get(host_port)
+        except KeyFileError as exc:
+            self._unreadable = str(exc)
 
     def decide(self, identity: ServerIdentity) -> TrustVerdict:
-        """Accept and record an unknown host; accept the same key; refuse a changed one."""
+        """Accept an unknown host (recorded by ``confirm``) or the same key; refuse a changed one."""
+        if self._unreadable:
+            return TrustVerdict(False, self._unreadable)
         got = identity.key_sha256.lower()
-        try:
-            known = self.known_hosts.get(self.host_port)
-            if known is None:
-                self.known_hosts.add(self.host_port, got)
-                self.notes.append(
-                    f"first use: recorded server key {long_fingerprint(got)} for {self.host_port}"
-                    f" in {self.known_hosts.path}"
-                )
-                return TrustVerdict(True)
-        except KeyFileError as exc:
-            return TrustVerdict(False, str(exc))
-        if known == got:
+        known = self._known
+        if known is None or known == got:
             return TrustVerdict(True)
         self.notes.append(
             f"if the server's key changed on purpose, remove the line for {self.host_port}"
@@ -143,6 +151,24 @@ class TofuPolicy(TrustPolicy):
             False,
             f"server key changed for {self.host_port}: possible man in the middle"
             f" (known {long_fingerprint(known)}, got {long_fingerprint(got)})",
+        )
+
+
+    def confirm(self, identity: ServerIdentity) -> None:
+        """Record the key of a first use, now that the handshake proved it."""
+        got = identity.key_sha256.lower()
+        if self._known is not None:
+            return
+        try:
+            self.known_hosts.add(self.host_port, got)
+        except (KeyFileError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.notes.append(f"warning: first use not recorded in {self.known_hosts.path}: {reason}")
+            return
+        self._known = got
+        self.notes.append(
+            f"first use: recorded server key {long_fingerprint(got)} for {self.host_port}"
+            f" in {self.known_hosts.path}"
         )
 
 

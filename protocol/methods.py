@@ -85,6 +85,8 @@ class KexMethod:
     """The client decides on the server key at SERVER_HELLO, before it sends a secret to it."""
     server_signs = False
     """A server key in SERVER_HELLO is proven by a SERVER_SIGNATURE over TH(CH, SH)."""
+    uses_group = False
+    """The client names a DH group (and sends a share in it)."""
     server_key_role = ""
     """What SERVER_HELLO.server_key is for: "transport" (the secret is wrapped to it),
     "identity" (it signs the share), or "" (the method sends none)."""
@@ -234,6 +236,7 @@ class EphemeralDH(KexMethod):
     forward_secret = True
     server_signs = True
     server_key_role = "identity"
+    uses_group = True
 
     def check_client_config(self, config: ClientConfig) -> None:
         """A group this installation can do."""

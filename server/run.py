@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
 from oob.payloads import psk_filter
-from protocol import KEX_NAMES, Kex
+from protocol import KEX_NAMES, METHODS, Kex
 from protocol.kex import ServerPrivateKey
 
 from .log import ServerLog
@@ -41,7 +41,9 @@ def server_options(
 ) -> ServerOptions:
     """Load or create the keys the enabled methods need."""
     rsa_key: rsa.RSAPrivateKey | None = None
-    needs_rsa = Kex.RSA in methods or (Kex.DHE in methods and not anonymous and sign_path is None)
+    transport = any(METHODS[k].server_key_role == "transport" for k in methods)
+    signs = any(METHODS[k].server_signs for k in methods) and not anonymous
+    needs_rsa = transport or (signs and sign_path is None)  # the RSA key signs by default
     if rsa_path is not None:
         key = load_private_key(rsa_path)
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -55,7 +57,7 @@ def server_options(
             log.emit("key-created", path=str(keys.rsa_path), sha256=keys.fingerprint)
         log.emit("key", role="rsa", sha256=keys.fingerprint, path=str(keys.rsa_path))
     sign_key: ServerPrivateKey | None = None
-    if Kex.DHE in methods and not anonymous:
+    if signs:
         if sign_path is not None:
             sign_key = load_private_key(sign_path)
             log.emit("key", role="sign", sha256=fingerprint(sign_key), path=str(sign_path))
@@ -63,7 +65,7 @@ def server_options(
             sign_key = rsa_key
     return ServerOptions(
         kex_methods=methods,
-        rsa_key=rsa_key if Kex.RSA in methods else None,
+        rsa_key=rsa_key if transport else None,
         sign_key=sign_key,
         inbox=inbox,
     )
@@ -83,7 +85,8 @@ async def serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None =
         address=shown,
         kex=methods,
         app=options.app,
-        anonymous=Kex.DHE in options.kex_methods and options.sign_key is None,
+        anonymous=any(METHODS[k].server_signs for k in options.kex_methods)
+        and options.sign_key is None,
         psk_identities=",".join(sorted(options.psks)) or "-",
     )
     if mqtt is not None:

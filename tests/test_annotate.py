@@ -15,21 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from explain.annotate import (
-    FIELDS,
-    SECRET_OFFSET,
-    UNDECODABLE,
-    Annotator,
-    RecordInfo,
-    Row,
-    annotate_frame,
-    annotate_secrets,
-    describe_content,
-    describe_server_key,
-    epoch_keys,
-    frame_title,
-    preview,
-)
+from explain.annotate import annotate_frame, frame_title
+from explain.annotator import Annotator
 from explain.render import (
     format_hex,
     format_offset,
@@ -38,6 +25,9 @@ from explain.render import (
     render_summary_line,
     summary_line,
 )
+from explain.rows import FIELDS, SECRET_OFFSET, UNDECODABLE, RecordInfo, Row
+from explain.secrets import annotate_secrets, epoch_keys
+from explain.words import describe_content, describe_server_key, preview
 from protocol import (
     CipherSuite,
     ClientConfig,

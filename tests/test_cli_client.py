@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +26,11 @@ from typer.testing import CliRunner
 from cli.client_command import client as client_command
 from cli.client_command import python_m_app
 from cli.main import app
-from keystore import generate_private_key, short_fingerprint, write_private_key
-from protocol import Kex, parse_keylog
+from keystore import fingerprint, generate_private_key, short_fingerprint, write_private_key
+from protocol import CipherSuite, Frame, FrameDecoder, FrameType, Kex, encode_frame, parse_keylog
+from protocol.constants import SUITES
+from protocol.kex import spki
+from protocol.messages import ClientHello, ServerHello
 from server.server import ServerOptions
 
 pytestmark = pytest.mark.usefixtures("home")
@@ -385,3 +390,77 @@ def test_many_sequential_runs_share_one_known_hosts(srv: ThreadServer, home: Pat
     ]
     assert codes == [0, 0, 0]
     assert len((home / "known_hosts").read_text().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- tofu after the proof
+
+
+class ImpostorServer:
+    """Answers one rsa CLIENT_HELLO with a key of its own and a FINISHED it cannot compute.
+
+    What an attacker without the server's private key can do: it may show any key, but
+    it cannot produce the FINISHED that proves it. A socket server in a thread, loopback.
+    """
+
+    def __init__(self) -> None:
+        self.key = generate_private_key("rsa", 2048)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> ImpostorServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(10)
+        self.sock.close()
+        assert self.error is None, self.error
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(10)
+                decoder = FrameDecoder()
+                hello = self._next(conn, decoder)
+                ch = ClientHello.decode(hello.payload)
+                sh = ServerHello(bytes(32), ch.kex, ch.cipher_suite, ch.group, b"", spki(self.key))
+                conn.sendall(encode_frame(FrameType.SERVER_HELLO, sh.encode()))
+                self._next(conn, decoder)  # KEY_TRANSPORT
+                self._next(conn, decoder)  # the client's FINISHED
+                hash_len = SUITES[CipherSuite(ch.cipher_suite)].hash_len
+                conn.sendall(encode_frame(FrameType.FINISHED, bytes(hash_len)))
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)  # the client's alert, then its close
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+
+    @staticmethod
+    def _next(conn: socket.socket, decoder: FrameDecoder) -> Frame:
+        while (frame := decoder.next_frame()) is None:
+            data = conn.recv(65536)
+            assert data, "client closed early"
+            decoder.feed(data)
+        return frame
+
+
+def test_a_failed_handshake_pins_no_key(srv: ThreadServer, home: Path) -> None:
+    """TOFU records a key only after FINISHED proves it (issue: a made-up key was pinned)."""
+    known_hosts = home / "known_hosts"
+    with ImpostorServer() as impostor:
+        result = invoke(f"127.0.0.1:{impostor.port}", "--kex", "rsa", "--send", "x")
+    assert result.exit_code == 1
+    assert "server FINISHED does not verify" in error_of(result)
+    assert "decrypt_error" in error_of(result)
+    entries = known_hosts.read_text() if known_hosts.exists() else ""
+    assert fingerprint(impostor.key) not in entries
+    assert "first use" not in result.output
+    # The real server on the same address is still a first use, not "possible man in the middle".
+    impostor_address = f"127.0.0.1:{impostor.port}"
+    assert impostor_address not in entries
+    first = invoke(srv.address, "--kex", "rsa", "--send", "x")
+    assert first.exit_code == 0, first.output
+    assert f"first use: recorded server key SHA256:{home_fingerprint(home)}" in first.stderr

@@ -54,6 +54,14 @@ def known(tmp_path: Path) -> Path:
     return tmp_path / "data" / "known_hosts"
 
 
+def accept(policy: TrustPolicy, ident: ServerIdentity) -> TrustVerdict:
+    """What a client does: decide during the handshake, confirm once it completed."""
+    verdict = policy.decide(ident)
+    if verdict.trusted:
+        policy.confirm(ident)
+    return verdict
+
+
 # --------------------------------------------------------------------------- tofu
 
 
@@ -65,6 +73,9 @@ def test_tofu_first_use_records_and_accepts(known: Path) -> None:
     assert policy.notes == []
     verdict = policy.decide(identity(ED_A))
     assert verdict == TrustVerdict(True)
+    assert not known.exists()  # nothing is recorded before the handshake proves the key
+    assert policy.notes == []
+    policy.confirm(identity(ED_A))
     assert known.read_text() == f"{HOST} {FP_A}\n"
     assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700
     assert len(policy.notes) == 1
@@ -72,15 +83,15 @@ def test_tofu_first_use_records_and_accepts(known: Path) -> None:
 
 
 def test_tofu_same_key_accepts_silently(known: Path) -> None:
-    parse_trust("tofu", HOST, known).decide(identity(ED_A))
+    accept(parse_trust("tofu", HOST, known), identity(ED_A))
     again = parse_trust("tofu", HOST, known)
-    assert again.decide(identity(ED_A)) == TrustVerdict(True)
+    assert accept(again, identity(ED_A)) == TrustVerdict(True)
     assert again.notes == []
     assert known.read_text() == f"{HOST} {FP_A}\n"
 
 
 def test_tofu_changed_key_refuses(known: Path) -> None:
-    parse_trust("tofu", HOST, known).decide(identity(ED_A))
+    accept(parse_trust("tofu", HOST, known), identity(ED_A))
     policy = parse_trust("tofu", HOST, known)
     verdict = policy.decide(identity(ED_B))
     assert not verdict.trusted
@@ -93,9 +104,9 @@ def test_tofu_changed_key_refuses(known: Path) -> None:
 
 
 def test_tofu_is_keyed_by_host_and_port(known: Path) -> None:
-    parse_trust("tofu", HOST, known).decide(identity(ED_A))
+    accept(parse_trust("tofu", HOST, known), identity(ED_A))
     other = parse_trust("tofu", "127.0.0.1:9701", known)
-    assert other.decide(identity(ED_B)).trusted
+    assert accept(other, identity(ED_B)).trusted
     assert KnownHosts(known).entries() == {HOST: FP_A, "127.0.0.1:9701": FP_B}
 
 
@@ -246,6 +257,10 @@ def _handshake(
                 while (ev := dst.next_event()) is not None:
                     if dst is client:
                         events.append(ev)
+                    if isinstance(ev, HandshakeComplete) and dst is client:
+                        assert client.server_identity is not None or ev.server_key == b""
+                        if client.server_identity is not None:
+                            policy.confirm(client.server_identity)
             except LocalProtocolError as exc:
                 assert dst is client  # only the client refuses here
                 events.append(exc)
