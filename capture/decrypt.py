@@ -1,5 +1,8 @@
 """Find KXP sessions in a capture and decrypt their records (``kexlab decrypt``).
 
+(About 400 lines: one pass from TCP streams to frames, keys and records; its inputs and
+its report live in ``capture/inputs.py`` and ``capture/report.py``.)
+
 A passive observer holds the transcript and nothing else. What turns it into
 plaintext, per session (docs/protocol.md §5, §9):
 

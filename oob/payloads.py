@@ -210,6 +210,6 @@ def format_shared_psk(identity: str, key: bytes) -> str:
     """``IDENTITY=HEX``: how ``kexlab psk send`` prints a key for the other side."""
     check_identity(identity)
     if "=" in identity:
-        # The reader splits at the first '=' (cli.common.parse_psk).
+        # The reader splits at the first '=' (keystore.parse_psk_spec).
         raise ValueError("an identity that is pasted as IDENTITY=HEX may not contain '='")
     return f"{identity}={key.hex()}"

@@ -1,5 +1,9 @@
 """The sans-I/O connection core shared by both roles (docs/protocol.md §1, §4, §6, §7).
 
+About 400 lines on purpose: the one state machine both roles run (dispatch, records,
+key updates, alerts, close, and the flight steps both share), kept whole so the order
+of events and errors can be read in one place.
+
 A caller feeds received bytes (``receive_data``), drains ``next_event`` until it
 returns None, sends what ``data_to_send`` returns, and drives the handshake timeout
 (``handshake_timeout``): the core has no clock and does no I/O.

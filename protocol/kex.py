@@ -3,6 +3,10 @@
 Every primitive is ``cryptography``'s; this module only chooses parameters, encodes
 shares as §2 says, and translates library exceptions into the protocol's alerts at
 the boundary. Adding a group is one class (if needed) and one line in ``GROUPS``.
+
+About 400 lines, most of them the two RFC 7919 primes and three short sections (groups,
+RSA transport, signatures) that share the same key types: split, each would import the
+others.
 """
 
 from __future__ import annotations
