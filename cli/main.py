@@ -10,6 +10,7 @@ from cli.decrypt import decrypt
 from cli.demo import demo
 from cli.errors import KexlabGroup
 from cli.keygen import keygen
+from cli.mitm_command import mitm
 from cli.oob_commands import broker, psk_send
 from cli.server_command import server
 
@@ -25,6 +26,7 @@ app.command("keygen")(keygen)
 app.command("server")(server)
 app.command("client")(client)
 app.command("demo")(demo)
+app.command("mitm")(mitm)
 app.command("decrypt")(decrypt)
 app.command("bench")(bench)
 app.command("broker")(broker)

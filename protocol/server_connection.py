@@ -63,6 +63,11 @@ class ServerConnection(Connection):
         """CLIENT_HELLO.random, once it is in."""
         return self._hello.random if self._hello else b""
 
+    @property
+    def client_hello(self) -> ClientHello | None:
+        """The client's CLIENT_HELLO as it arrived (None before it did, or if it did not decode)."""
+        return self._hello
+
     def supply_psk(self, key: bytes | None) -> None:
         """Answer a ``PskNeeded`` event: the key that arrived out of band, or None if none did."""
         if self.state is not State.WAIT_PSK:

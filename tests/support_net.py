@@ -157,11 +157,15 @@ class ThreadServer:
 class ServerProcess:
     """``kexlab server`` as a real process; its stdout lines are collected as they come."""
 
+    COMMAND = (KEXLAB, "server")
+    READY = r"listening: address=\S+:(\d+)"
+    """The line that says the program is up, its group 1 the port."""
+
     def __init__(
         self, *args: str, env: dict[str, str] | None = None, cmd: list[str] | None = None
     ) -> None:
         full_env = {**os.environ, **(env or {})}
-        argv = [*(cmd or [KEXLAB, "server"]), "--port", "0", *args]
+        argv = [*(cmd or self.COMMAND), *self.port_args(), *args]
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -173,8 +177,17 @@ class ServerProcess:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        match = self.wait_for(r"listening: address=\S+:(\d+)", timeout=15)
+        match = self.wait_for(self.READY, timeout=15)
         self.port = int(match.group(1))
+
+    def port_args(self) -> list[str]:
+        """Where to listen: any free port."""
+        return ["--port", "0"]
+
+    @property
+    def output(self) -> str:
+        """Every stdout line so far."""
+        return "\n".join(self.lines)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

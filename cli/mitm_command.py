@@ -1,0 +1,296 @@
+"""``kexlab mitm``: a man in the middle between kexlab clients and a kexlab server.
+
+For the lesson (docs/lessons/man-in-the-middle.md): it wins against a client that
+accepts any key (``--trust none``), against tofu on first contact, and against psk when
+it can read the key on an open broker; it is caught by a pinned or known key, by a PSK
+it does not hold, by the SAS compared over an honest channel or aloud, and (``--relay``)
+by the record layer and FINISHED when it changes a single bit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives.asymmetric import rsa
+from rich.console import Console
+from rich.table import Table
+
+from explain.console import describe_error, out
+from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
+from mitm import MitmOptions, MitmProxy, Tally, Tamper
+from oob import DEFAULT_PSK_WAIT, MqttSettings, OobError, ServerChannel
+from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
+from protocol.kex import ServerPrivateKey
+
+from .errors import fail
+from .options import (
+    CaOption,
+    OptionalOobOption,
+    PasswordFileOption,
+    ServerIdOption,
+    UsernameOption,
+    default_server_id,
+    mqtt_options_need_oob,
+    mqtt_settings,
+)
+from .parsing import parse_address
+
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT + 1}"
+DEFAULT_UPSTREAM = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+def _check_address(value: str) -> str:
+    parse_address(value)
+    return value
+
+
+def _check_rewrites(values: list[str] | None) -> list[str] | None:
+    for value in values or []:
+        _rewrite(value)
+    return values
+
+
+def _rewrite(value: str) -> tuple[bytes, bytes]:
+    old, sep, new = value.partition("=")
+    if not sep or not old:
+        raise typer.BadParameter(f"{value!r} is not OLD=NEW (OLD not empty)")
+    return old.encode("utf-8", "surrogateescape"), new.encode("utf-8", "surrogateescape")
+
+
+def mitm(
+    listen: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST:PORT", callback=_check_address, help="Where victims connect to us."
+        ),
+    ] = DEFAULT_LISTEN,
+    upstream: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST:PORT", callback=_check_address, help="The real server we connect to."
+        ),
+    ] = DEFAULT_UPSTREAM,
+    rsa_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--rsa-key",
+            metavar="FILE",
+            help="Our RSA key, shown to rsa clients and (by default) signing our dhe shares."
+            " Default: $KEXLAB_HOME/mitm/server-rsa.pem, created on first run.",
+        ),
+    ] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-key", metavar="FILE", help="Our identity key for dhe (RSA or Ed25519)."
+        ),
+    ] = None,
+    anonymous: Annotated[
+        bool,
+        typer.Option(
+            "--anonymous",
+            help="Answer dhe with no key at all (only a client with --trust none accepts it).",
+        ),
+    ] = False,
+    rewrite: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="OLD=NEW",
+            callback=_check_rewrites,
+            help="Replace OLD by NEW in every record we relay, both ways (repeatable).",
+        ),
+    ] = None,
+    relay: Annotated[
+        bool,
+        typer.Option(
+            "--relay",
+            help="Hold no keys: pass every frame through, changing only what a tamper flag says.",
+        ),
+    ] = False,
+    flip: Annotated[
+        bool, typer.Option("--flip", help="With --relay: flip a bit of the client's first record.")
+    ] = False,
+    drop: Annotated[
+        bool, typer.Option("--drop", help="With --relay: drop the client's first record.")
+    ] = False,
+    replay: Annotated[
+        bool, typer.Option("--replay", help="With --relay: send the client's first record twice.")
+    ] = False,
+    reorder: Annotated[
+        bool,
+        typer.Option("--reorder", help="With --relay: swap the client's first two records."),
+    ] = False,
+    downgrade: Annotated[
+        str | None,
+        typer.Option(
+            metavar="suite|anonymous",
+            help="With --relay: ask the server for AES-128 instead of AES-256 (suite), or strip"
+            " the server's key and signature (anonymous).",
+            show_default=False,
+        ),
+    ] = None,
+    oob: OptionalOobOption = None,
+    server_id: ServerIdOption = None,
+    psk_wait: Annotated[
+        float,
+        typer.Option(min=0, help="With --oob: seconds to wait for a PSK to cross the broker."),
+    ] = DEFAULT_PSK_WAIT,
+    mqtt_username: UsernameOption = None,
+    mqtt_password_file: PasswordFileOption = None,
+    mqtt_ca: CaOption = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.01, help="Seconds for each handshake and for connecting.")
+    ] = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> None:
+    """Stand between clients and a server: read and change what they say, where they let us."""
+    tamper = _tamper(relay, flip, drop, replay, reorder, downgrade)
+    if relay and (rewrite or anonymous or rsa_key or sign_key):
+        raise typer.BadParameter(
+            "--relay holds no keys: --rewrite, --anonymous, --rsa-key and --sign-key need"
+            " the intercepting mode (leave out --relay)",
+            param_hint="'--relay'",
+        )
+    if anonymous and sign_key is not None:
+        raise typer.BadParameter(
+            "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
+        )
+    mqtt_options_need_oob(
+        oob,
+        username=mqtt_username,
+        password_file=mqtt_password_file,
+        ca_file=mqtt_ca,
+        server_id=server_id,
+    )
+    listen_at, upstream_at = parse_address(listen), parse_address(upstream)
+    settings = None
+    if oob is not None:
+        try:
+            settings = mqtt_settings(oob, mqtt_username, mqtt_password_file, mqtt_ca)
+        except OobError as exc:
+            fail(str(exc))
+    sid = default_server_id(server_id) if oob is not None else ""
+    try:
+        our_rsa, sign = (None, None) if relay else _keys(rsa_key, sign_key, anonymous)
+    except KeyFileError as exc:
+        fail(str(exc))
+    options = MitmOptions(
+        upstream=upstream_at,
+        rsa_key=our_rsa,
+        sign_key=sign,
+        rewrites=[_rewrite(r) for r in rewrite or []],
+        timeout=timeout,
+    )
+    try:
+        tally = asyncio.run(_run(listen_at, options, tamper, settings, sid, psk_wait))
+    except (OSError, OobError) as exc:
+        fail(describe_error(exc))
+    _summary(tally)
+
+
+def _tamper(
+    relay: bool, flip: bool, drop: bool, replay: bool, reorder: bool, downgrade: str | None
+) -> Tamper | None:
+    chosen = [
+        t
+        for t, on in (
+            (Tamper.FLIP, flip),
+            (Tamper.DROP, drop),
+            (Tamper.REPLAY, replay),
+            (Tamper.REORDER, reorder),
+        )
+        if on
+    ]
+    if downgrade is not None:
+        if downgrade not in ("suite", "anonymous"):
+            raise typer.BadParameter(
+                f"unknown downgrade {downgrade!r}: use suite or anonymous",
+                param_hint="'--downgrade'",
+            )
+        chosen.append(Tamper(f"downgrade-{downgrade}"))
+    if len(chosen) > 1:
+        raise typer.BadParameter("choose one tampering at a time", param_hint="'--relay'")
+    if chosen and not relay:
+        raise typer.BadParameter(
+            f"--{chosen[0].value.split('-')[0]} changes frames it relays: add --relay",
+            param_hint="'--relay'",
+        )
+    if relay and not chosen:
+        return None  # a plain relay: shows the frames, changes nothing (Tamper None)
+    return chosen[0] if chosen else None
+
+
+def _keys(
+    rsa_path: Path | None, sign_path: Path | None, anonymous: bool
+) -> tuple[rsa.RSAPrivateKey, ServerPrivateKey | None]:
+    """The attacker's own keys: never the real server's (it does not have them)."""
+    if rsa_path is not None:
+        key = load_private_key(rsa_path)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise KeyFileError(f"{rsa_path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
+    else:
+        keys = ensure_server_keys(data_dir() / "mitm")
+        key = keys.rsa_key
+    out(f"our key: SHA256:{fingerprint(key)} (clients that pin the real server's key refuse it)")
+    sign: ServerPrivateKey | None = key
+    if anonymous:
+        sign = None
+    elif sign_path is not None:
+        sign = load_private_key(sign_path)
+    return key, sign
+
+
+async def _run(
+    listen: tuple[str, int],
+    options: MitmOptions,
+    tamper: Tamper | None,
+    settings: MqttSettings | None,
+    server_id: str,
+    psk_wait: float,
+) -> Tally:
+    channel = None
+    if settings is not None:
+        channel = ServerChannel(settings, server_id)
+        channel.start()
+        options.psk_source = channel.provider(psk_wait)
+        out(f"listening on the broker for PSKs of server id {server_id!r}")
+    proxy = MitmProxy(listen, options, out, tamper)
+    host, port = await proxy.start()
+    mode = f"relaying ({tamper.value})" if tamper else "intercepting"
+    upstream = f"{options.upstream[0]}:{options.upstream[1]}"
+    out(f"mitm listening on {host}:{port}, upstream {upstream}, {mode}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        await stop.wait()
+    finally:
+        for sig in handled:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await proxy.stop()
+        if channel is not None:
+            await channel.stop()
+    return proxy.tally
+
+
+def _summary(tally: Tally) -> None:
+    """The table printed when the attacker stops."""
+    table = Table(title="kexlab mitm: what we got", title_justify="left")
+    for column in ("#", "kex", "verdict", "SAS client saw", "SAS server saw"):
+        table.add_column(column)
+    for number, v in enumerate(tally.verdicts, 1):
+        table.add_row(str(number), v.kex, v.line, v.client_sas or "-", v.server_sas or "-")
+    console = Console(highlight=False)
+    console.print(table)
+    counts = ", ".join(f"{n} {what}" for what, n in sorted(tally.counts.items())) or "none"
+    console.print(f"connections: {counts}", markup=False)
