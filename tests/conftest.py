@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from external_tools import in_ci
 from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,7 +19,7 @@ settings.register_profile(
     "ci", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", max_examples=500, deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+settings.load_profile("ci" if in_ci() else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 # The files tests/vectors must hold (docs/protocol.md's vectors). A checkout without one of them
