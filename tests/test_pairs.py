@@ -378,6 +378,9 @@ def test_psk_needed_then_supply_psk_completes(keys: Keys) -> None:
         return None
 
     pair = make_pair(PSK_CASE, keys, psk_lookup=lookup)
+    assert (pair.client.role, pair.server.role) == ("client", "server")
+    assert pair.server.client_random == b""  # no CLIENT_HELLO yet
+    assert pair.server.psk_identity == ""
     c, s = pair.run()
     assert s == [PskNeeded(PSK_IDENTITY)]
     assert c == []

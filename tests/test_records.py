@@ -40,7 +40,7 @@ from protocol import (
     parse_keylog,
 )
 from protocol.constants import SUITES
-from protocol.keyschedule import KeySchedule
+from protocol.keyschedule import KeySchedule, keylog_lines
 from protocol.records import RecordReceiver, RecordSender
 
 # Suite parameters written out from the §2 table, not read from protocol/.
@@ -504,3 +504,14 @@ def test_key_log_and_capture_decrypt_every_record() -> None:
             seen.append(content)
     assert seen == [b"secret %d" % i for i in range(5)]
     assert observer.epoch == 2
+
+
+def test_key_log_comment_lines_are_ignored() -> None:
+    """§9: a line starting with '#' is a comment, even when the rest would parse as a secret."""
+    cr, c_secret, s_secret = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    real = keylog_lines(cr, c_secret, s_secret)
+    commented = f"#CLIENT_TRAFFIC_SECRET_0 {cr.hex()} {'ff' * 32}\n# {'aa' * 32} {'bb' * 32}\n"
+    assert parse_keylog(commented) == {}
+    assert parse_keylog(real + commented) == {
+        cr: {"CLIENT_TRAFFIC_SECRET_0": c_secret, "SERVER_TRAFFIC_SECRET_0": s_secret}
+    }
