@@ -311,19 +311,22 @@ async def test_a_connection_accepted_as_shutdown_starts_gets_close_notify(home: 
     key = home_key(home)
     rec = Recorder()
     srv = KexlabServer(ServerOptions(port=0, rsa_key=key, sign_key=key, inbox=home / "inbox"), rec)
-    gate = asyncio.Event()
+    gate, accepted = asyncio.Event(), asyncio.Event()
     real_accept = srv._accept
 
     async def late_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
         await gate.wait()
         await real_accept(reader, writer)
 
     srv._accept = late_accept  # type: ignore[method-assign]
     await srv.start()
     client = asyncio.create_task(connect(srv.address[1]))
-    await asyncio.sleep(0.1)  # accepted by the loop, its task waiting at the gate
+    await asyncio.wait_for(accepted.wait(), 5)  # accepted by the loop, its task at the gate
     stopping = asyncio.create_task(srv.shutdown(grace=2))
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        while not srv._stopping:  # shutdown has begun (and sent its round of close_notify)
+            await asyncio.sleep(0)
     gate.set()
     with pytest.raises(ConnectionLost, match="close_notify"):
         await client  # not a handshake with a server that is going away
@@ -795,7 +798,10 @@ async def test_real_server_under_fault_load(home: Path) -> None:
         await asyncio.gather(*good)
         for _, writer in idle:
             writer.close()
-        await asyncio.sleep(1.0)
+        for _ in range(100):  # the server closes its ends as it notices: wait up to 10 s
+            if srv.fds() == fds_before:
+                break
+            await asyncio.sleep(0.1)
         assert srv.fds() == fds_before
         assert len(done) >= 10
         assert await srv.stop() == 0
