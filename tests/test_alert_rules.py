@@ -424,6 +424,38 @@ def test_client_hello_field_not_for_the_kex(hello: bytes, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("hello", "code", "reason"),
+    [
+        pytest.param(
+            client_hello(Kex.RSA, identity=b"alice"),
+            A.ILLEGAL_PARAMETER,
+            "rsa CLIENT_HELLO carries a psk_identity",
+            id="rsa-identity",
+        ),
+        pytest.param(
+            client_hello(Kex.DHE, group=Group.X25519, share=X_SHARE, identity=b"alice"),
+            A.ILLEGAL_PARAMETER,
+            "dhe CLIENT_HELLO carries a psk_identity",
+            id="dhe-identity",
+        ),
+        pytest.param(
+            client_hello(Kex.PSK, group=Group.X25519, identity=b"alice"),
+            A.ILLEGAL_PARAMETER,
+            "psk CLIENT_HELLO carries a group or key_share",
+            id="psk-group",
+        ),
+        pytest.param(
+            client_hello(Kex.PSK), A.UNKNOWN_PSK_IDENTITY, "empty psk identity", id="psk-empty"
+        ),
+    ],
+)
+def test_client_hello_refusal_reasons_word_for_word(hello: bytes, code: A, reason: str) -> None:
+    """The reason is the one line a student reads: exact, not just containing a keyword."""
+    alert = expect_failure(fresh("server"), hello, code, reason)
+    assert alert.reason == reason
+
+
+@pytest.mark.parametrize(
     ("kex", "group", "change", "reason"),
     [
         (Kex.PSK, Group.X25519, {"server_key": spki(ED_KEY)}, "server_key"),

@@ -491,6 +491,35 @@ def test_decoder_assembles_only_the_straddling_frame() -> None:
     assert bytes(first[1]) == A  # never written again
 
 
+@pytest.mark.parametrize("first_read", [3, 5, 9])
+def test_decoder_carry_takes_no_byte_past_the_straddling_frame(first_read: int) -> None:
+    """A short frame (B: 10 bytes) straddling two reads: the carry takes up to its end only,
+    so the frame after it is still cut from the second chunk."""
+    second = B[first_read:] + A
+    dec = FrameDecoder()
+    dec.feed(B[:first_read])
+    dec.feed(second)
+    got = dec.next_view()
+    assert got is not None and bytes(got[1]) == B
+    assert dec.buffered == len(A)
+    nxt = dec.next_view()
+    assert nxt is not None and nxt[1].obj is second and bytes(nxt[1]) == A
+
+
+def test_next_frame_applies_the_expected_types() -> None:
+    """§1 check 5 through next_frame (as through next_view), on a whole and a straddling frame."""
+    for reads in ([A], [A[:4], A[4:]]):
+        dec = FrameDecoder()
+        for chunk in reads:
+            dec.feed(chunk)
+        with pytest.raises(ProtocolError) as info:
+            dec.next_frame({FrameType.RECORD})
+        assert (info.value.alert.name, info.value.reason) == (
+            "UNEXPECTED_MESSAGE",
+            "ALERT not expected now",
+        )
+
+
 def test_decoder_carry_is_emptied_by_the_frame_that_fills_it() -> None:
     """After a straddling frame, later frames come from the chunks again (nothing left over)."""
     dec = FrameDecoder()

@@ -224,7 +224,7 @@ def test_seal_refuses_to_pass_the_threshold() -> None:
         receiver.open(sender.seal(ContentType.APPLICATION_DATA, bytes([i]))[8:])
     assert flags == [False, False, False, True]  # only one record left at seq 3
     assert sender.needs_update
-    with pytest.raises(RuntimeError, match="exhausted"):
+    with pytest.raises(RuntimeError, match=r"^record sequence exhausted without a key update$"):
         sender.seal(ContentType.APPLICATION_DATA, b"one too many")
     assert sender.seq == 4  # nothing was sealed
     sender.update()
@@ -515,3 +515,33 @@ def test_key_log_comment_lines_are_ignored() -> None:
     assert parse_keylog(real + commented) == {
         cr: {"CLIENT_TRAFFIC_SECRET_0": c_secret, "SERVER_TRAFFIC_SECRET_0": s_secret}
     }
+
+
+def test_record_refusal_reasons_word_for_word() -> None:
+    """The one line a user reads for each refused record (§6), exactly: seq, epoch and sizes."""
+    sender, receiver = pair_of(CipherSuite.AES_128_GCM_SHA256, bytes(32))
+    first = sender.seal(ContentType.APPLICATION_DATA, b"a")[8:]
+    second = sender.seal(ContentType.APPLICATION_DATA, b"b")[8:]
+
+    def reason(payload: bytes) -> tuple[AlertCode, str]:
+        with pytest.raises(RemoteProtocolError) as info:
+            receiver.open(payload)
+        return info.value.alert, info.value.reason
+
+    assert reason(first[:24]) == (
+        AlertCode.DECODE_ERROR,
+        "RECORD payload of 24 bytes is under 25",
+    )
+    assert reason(second) == (
+        AlertCode.UNEXPECTED_MESSAGE,
+        "record lost or dropped: seq 1, expected 0 (epoch 0)",
+    )
+    assert receiver.open(first) == (ContentType.APPLICATION_DATA, b"a")
+    assert reason(first) == (
+        AlertCode.UNEXPECTED_MESSAGE,
+        "replayed record: seq 0, expected 1 (epoch 0)",
+    )
+    assert reason(second[:-1] + bytes([second[-1] ^ 1])) == (
+        AlertCode.BAD_RECORD_MAC,
+        "record seq 1 fails authentication",
+    )
