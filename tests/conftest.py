@@ -19,6 +19,10 @@ settings.register_profile(
     "ci", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", max_examples=500, deadline=None)
+# make mutate: fewer examples, and the same ones every run, so a mutant is killed or not for good.
+settings.register_profile(
+    "mutation", max_examples=200, derandomize=True, deadline=None, database=None
+)
 settings.load_profile("ci" if in_ci() else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
