@@ -170,7 +170,8 @@ def report(modules: list[str], files: list[str], target: float) -> int:
             print(f"  {sign} " + text.replace("\n", "\n    "))
     stale = [e for e in entries if not e.matched]
     if stale and len(modules) > 0:
-        print(f"\n{len(stale)} entries of {EQUIVALENTS.name} matched no survivor of these files:")
+        print(f"\n{len(stale)} entries of {EQUIVALENTS.name} matched no survivor of these files")
+        print("(stale if their code is in these files: judge again, or delete them):")
         for e in stale:
             print(f"  {e.function}: {e.original!r} -> {e.mutated!r}")
     print(
