@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from conftest import REPO, load_vector
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from external_tools import require_tool
 
 from capture.pcap import Flow, PcapWriter
 from protocol import (
@@ -45,8 +45,6 @@ from protocol import (
 )
 
 DISSECTOR = REPO / "wireshark" / "kexlab.lua"
-TSHARK = shutil.which("tshark")
-TCPDUMP = shutil.which("tcpdump")
 PSK_IDENTITY = "lab-client-1"
 PSK = bytes(range(100, 132))
 
@@ -218,8 +216,8 @@ def tshark_fields(
     capture: Path, fields: list[str], home: Path, extra: tuple[str, ...] = ()
 ) -> list[list[str]]:
     """Rows of ``-T fields`` for KXP packets, one list per packet; fails on any Lua error."""
-    assert TSHARK is not None
-    args = [TSHARK, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(capture)]
+    tshark = require_tool("tshark")
+    args = [tshark, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(capture)]
     args += ["-Y", "kxp", "-T", "fields", "-E", "separator=|", "-E", "occurrence=a"]
     args += ["-E", "aggregator=,", *extra]
     for name in fields:
@@ -363,10 +361,10 @@ class TcpdumpRun:
 @contextlib.contextmanager
 def tcpdump(path: Path, port: int, *more_ports: int) -> Iterator[TcpdumpRun]:
     """Capture ``tcp port PORT`` (and ``more_ports``) on lo into ``path`` while the block runs."""
-    assert TCPDUMP is not None
     # A large buffer: loopback packets are up to 64 KiB, and the default 2 MiB ring fills
     # up (kernel drops) when a busy machine schedules tcpdump late.
-    args = [TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-n", "-B", "65536", "-w", str(path)]
+    binary = require_tool("tcpdump")
+    args = [binary, "-i", "lo", "--immediate-mode", "-U", "-n", "-B", "65536", "-w", str(path)]
     if os.geteuid() == 0:
         args[1:1] = ["-Z", "root"]  # keep root so the file can go anywhere root may write
     args.append(" or ".join(f"tcp port {p}" for p in (port, *more_ports)))

@@ -13,7 +13,6 @@ import contextlib
 import getpass
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from external_tools import require_tool
 
 from oob import EmbeddedBroker, MqttSettings
 from oob.settings import connect
@@ -34,28 +33,6 @@ START_TIMEOUT = 5.0
 SERVER_USER = "kexlab-server"
 CLIENT_USER = "kexlab-client"
 GUEST_USER = "guest"  # logs in, but the ACL grants it nothing
-
-
-def find_binary(name: str) -> str | None:
-    """A Mosquitto binary on PATH or in the sbin folders Debian puts it in."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in ("/usr/sbin", "/usr/local/sbin"):
-        candidate = Path(folder) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def require_mosquitto() -> str:
-    """The mosquitto binary; skip where it is absent, but never in CI (which installs it)."""
-    binary = find_binary("mosquitto")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed; .ci/run installs it")
-        pytest.skip("mosquitto is not installed")
-    return binary
 
 
 def free_port() -> int:
@@ -88,7 +65,7 @@ class Mosquitto:
     kind = "mosquitto"
 
     def __init__(self, tmp: Path, config: str = "open.conf", tls: tuple[Path, Path] | None = None):
-        self.binary = require_mosquitto()
+        self.binary = require_tool("mosquitto")
         self.tmp = tmp
         self.port = free_port()
         self.passwords: dict[str, str] = {}
@@ -108,8 +85,7 @@ class Mosquitto:
 
     def _hardened(self, text: str) -> str:
         passwd = self.tmp / "passwd"
-        tool = find_binary("mosquitto_passwd")
-        assert tool is not None, "mosquitto_passwd comes with mosquitto"
+        tool = require_tool("mosquitto_passwd")
         for user in (SERVER_USER, CLIENT_USER, GUEST_USER):
             self.passwords[user] = os.urandom(9).hex()
             args = [tool, "-b", *([] if passwd.exists() else ["-c"])]

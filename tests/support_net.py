@@ -120,6 +120,14 @@ class Recorder(ServerObserver):
                 await asyncio.sleep(0.01)
         return self.named(event)[-1]
 
+    async def handshakes_done(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until ``count`` handshakes completed. On the server's loop, an app has then
+        taken each session in (the server reports a handshake and enters the app without an
+        await in between, when no SAS check runs)."""
+        async with asyncio.timeout(timeout):
+            while len(self.handshakes) < count:
+                await asyncio.sleep(0.005)
+
 
 class ThreadServer:
     """A KexlabServer on its own event loop in a background thread (for CliRunner clients)."""

@@ -316,16 +316,21 @@ def test_eof_between_frames_is_no_protocol_error() -> None:
 @pytest.mark.parametrize(
     ("hello", "reason"),
     [
-        pytest.param(client_hello(0), "supports rsa, dhe, psk", id="kex-0"),
-        pytest.param(client_hello(4), "supports rsa, dhe, psk", id="kex-4"),
+        pytest.param(
+            client_hello(0), "kex 0 not supported; this server supports rsa, dhe, psk", id="kex-0"
+        ),
+        pytest.param(
+            client_hello(4), "kex 4 not supported; this server supports rsa, dhe, psk", id="kex-4"
+        ),
         pytest.param(
             client_hello(Kex.PSK, 0x1303, identity=b"alice"),
-            "supports 0x1301 (aes128), 0x1302 (aes256)",
+            "cipher suite 0x1303 not supported; this server supports 0x1301 (aes128), 0x1302 (aes256)",
             id="suite-0x1303",
         ),
         pytest.param(
             client_hello(Kex.DHE, AES128, 0x001E, b"\x09" * 56),
-            "supports x25519, secp256r1, secp384r1, ffdhe2048, ffdhe3072",
+            "group 0x001e not supported; this server supports x25519, secp256r1, secp384r1, "
+            "ffdhe2048, ffdhe3072",
             id="group-x448",
         ),
         pytest.param(client_hello(Kex.DHE, AES128, 0), "supports x25519", id="group-none-dhe"),
@@ -339,13 +344,19 @@ def test_unknown_kex_suite_group(hello: bytes, reason: str) -> None:
 @pytest.mark.parametrize(
     ("kex", "suite", "group", "server_kw", "reason"),
     [
-        (Kex.PSK, AES128, Group.X25519, {"kex_methods": frozenset({Kex.DHE})}, "supports dhe"),
+        (
+            Kex.PSK,
+            AES128,
+            Group.X25519,
+            {"kex_methods": frozenset({Kex.DHE})},
+            "kex psk (3) not supported; this server supports dhe",
+        ),
         (
             Kex.RSA,
             AES128,
             Group.X25519,
             {"kex_methods": frozenset({Kex.PSK, Kex.DHE})},
-            "supports dhe, psk",
+            "kex rsa (1) not supported; this server supports dhe, psk",
         ),
         (
             Kex.PSK,
@@ -410,6 +421,38 @@ X_SHARE = b"\x09" + b"\x00" * 31  # the x25519 base point: a valid share
 def test_client_hello_field_not_for_the_kex(hello: bytes, reason: str) -> None:
     """§3: a field that does not belong to the kex, or a share of the wrong length: illegal_parameter."""
     expect_failure(fresh("server"), hello, A.ILLEGAL_PARAMETER, reason)
+
+
+@pytest.mark.parametrize(
+    ("hello", "code", "reason"),
+    [
+        pytest.param(
+            client_hello(Kex.RSA, identity=b"alice"),
+            A.ILLEGAL_PARAMETER,
+            "rsa CLIENT_HELLO carries a psk_identity",
+            id="rsa-identity",
+        ),
+        pytest.param(
+            client_hello(Kex.DHE, group=Group.X25519, share=X_SHARE, identity=b"alice"),
+            A.ILLEGAL_PARAMETER,
+            "dhe CLIENT_HELLO carries a psk_identity",
+            id="dhe-identity",
+        ),
+        pytest.param(
+            client_hello(Kex.PSK, group=Group.X25519, identity=b"alice"),
+            A.ILLEGAL_PARAMETER,
+            "psk CLIENT_HELLO carries a group or key_share",
+            id="psk-group",
+        ),
+        pytest.param(
+            client_hello(Kex.PSK), A.UNKNOWN_PSK_IDENTITY, "empty psk identity", id="psk-empty"
+        ),
+    ],
+)
+def test_client_hello_refusal_reasons_word_for_word(hello: bytes, code: A, reason: str) -> None:
+    """The reason is the one line a student reads: exact, not just containing a keyword."""
+    alert = expect_failure(fresh("server"), hello, code, reason)
+    assert alert.reason == reason
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,8 @@ from typing import Any
 import dpkt  # type: ignore[import-untyped]
 import pytest
 import typer
-from kxp_sessions import TCPDUMP, TSHARK, Rows, tcpdump, tshark_fields
+from external_tools import require_tool
+from kxp_sessions import Rows, tcpdump, tshark_fields
 from oob_brokers import Mosquitto
 from support_net import KEXLAB, ServerProcess, cached_rsa_key, free_port, home_key
 from typer.testing import CliRunner
@@ -153,10 +154,8 @@ def _client(lab: Lab, name: str) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     """The scenario, run again if the kernel dropped packets on tcpdump (a busy machine)."""
-    if TSHARK is None or TCPDUMP is None:
-        if os.environ.get("CI"):
-            pytest.fail("tshark and tcpdump are installed by .ci/run")
-        pytest.skip("tshark or tcpdump is not installed")
+    require_tool("tshark")
+    require_tool("tcpdump")
     key = cached_rsa_key(tmp_path_factory)
     dropped: int | None = None
     for attempt in range(2):

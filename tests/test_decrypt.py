@@ -21,10 +21,10 @@ import pytest
 import typer
 from conftest import load_vector
 from cryptography.hazmat.primitives import serialization
+from external_tools import require_tool
 from kxp_sessions import (
     PSK,
     PSK_IDENTITY,
-    TCPDUMP,
     LabKeys,
     LiveResult,
     Recorded,
@@ -785,8 +785,7 @@ def live(
     tmp_path_factory: pytest.TempPathFactory, keys: LabKeys
 ) -> tuple[Path, dict[str, LiveResult]]:
     """A tcpdump capture of an rsa, a dhe and a psk echo session over 127.0.0.1."""
-    if TCPDUMP is None:
-        pytest.skip("tcpdump is not installed")
+    require_tool("tcpdump")
     path = tmp_path_factory.mktemp("live") / "lo.pcap"
     _port, results = asyncio.run(live_sessions(path, keys, LIVE_MESSAGES))
     return path, results

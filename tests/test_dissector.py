@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from external_tools import require_tool
 from kxp_sessions import (
     DISSECTOR,
     PSK_IDENTITY,
-    TCPDUMP,
-    TSHARK,
     LabKeys,
     LiveResult,
     Recorded,
@@ -41,7 +40,12 @@ from protocol.frames import encode_frame
 from protocol.kex import spki
 from protocol.messages import ClientHello
 
-pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+
+@pytest.fixture(autouse=True, scope="module")
+def _tshark() -> None:
+    """Every test here runs tshark (module scope: checked before the module's captures are made)."""
+    require_tool("tshark")
+
 
 FIELDS = [
     "tcp.srcport",
@@ -94,8 +98,8 @@ def record_lengths(messages: tuple[bytes, ...]) -> list[int]:
 
 def no_lua_errors(capture: Path, home: Path, extra: tuple[str, ...] = ()) -> None:
     """No packet carries a Lua error or a malformed-packet item, and stderr is clean."""
-    assert TSHARK is not None
-    args = [TSHARK, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(capture), *extra]
+    tshark = require_tool("tshark")
+    args = [tshark, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(capture), *extra]
     args += ["-Y", "_ws.lua.error || _ws.malformed", "-T", "fields", "-e", "frame.number"]
     args += ["-e", "_ws.expert.message"]
     proc = subprocess.run(
@@ -255,8 +259,8 @@ def test_plaintext_alert_fields(lab: Lab) -> None:
 
 
 def test_names_not_only_numbers(lab: Lab) -> None:
-    assert TSHARK is not None
-    args = [TSHARK, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(lab.path), "-O", "kxp"]
+    tshark = require_tool("tshark")
+    args = [tshark, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(lab.path), "-O", "kxp"]
     ports = " || ".join(f"tcp.port == {PORTS[name]}" for name in ("dhe", "alert", "rsa"))
     args += ["-Y", f"kxp && ({ports})"]
     proc = subprocess.run(
@@ -315,8 +319,8 @@ def test_personal_plugins_folder_install(lab: Lab, tmp_path: Path) -> None:
     plugins = home / ".local" / "lib" / "wireshark" / "plugins"
     plugins.mkdir(parents=True)
     shutil.copy(DISSECTOR, plugins / "kexlab.lua")
-    assert TSHARK is not None
-    args = [TSHARK, "-n", "-r", str(lab.path), "-Y", "kxp.type == 0x01", "-T", "fields"]
+    tshark = require_tool("tshark")
+    args = [tshark, "-n", "-r", str(lab.path), "-Y", "kxp.type == 0x01", "-T", "fields"]
     args += ["-e", "kxp.kex"]
     proc = subprocess.run(
         args, env=tshark_env(home), capture_output=True, text=True, timeout=60, check=False
@@ -373,8 +377,7 @@ LIVE_MESSAGES = (b"ping over loopback", b"y" * 100000, b"last")
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Live:
     """One tcpdump run around an rsa, a dhe and a psk session with an echo server."""
-    if TCPDUMP is None:
-        pytest.skip("tcpdump is not installed")
+    require_tool("tcpdump")
     tmp = tmp_path_factory.mktemp("live")
     path = tmp / "lo.pcap"
     port, results = asyncio.run(live_sessions(path, lab_keys(), LIVE_MESSAGES))

@@ -8,7 +8,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from external_tools import require_tool
 from support_net import (  # noqa: F401  (home_fixture provides the `home` fixture)
     KEXLAB,
     PSK_HEX,
@@ -247,12 +247,12 @@ def test_a_20_mib_file_arrives_intact(home: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- keys and key logs
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is installed by .ci/run")
 def test_an_openssl_genpkey_key_serves_as_rsa_key(home: Path, tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
     key = tmp_path / "openssl.pem"
     subprocess.run(
         [
-            "openssl",
+            openssl,
             "genpkey",
             "-algorithm",
             "RSA",
@@ -275,7 +275,7 @@ def test_an_openssl_genpkey_key_serves_as_rsa_key(home: Path, tmp_path: Path) ->
     )
     os.chmod(key, 0o600)
     der = subprocess.run(
-        ["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"],
+        [openssl, "pkey", "-in", str(key), "-pubout", "-outform", "DER"],
         check=True,
         capture_output=True,
     ).stdout

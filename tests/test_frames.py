@@ -4,6 +4,7 @@ bounded memory, and whole handshakes delivered byte by byte."""
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from protocol import (
     encode_frame,
 )
 from protocol.constants import SUITES, ContentType
-from protocol.frames import Frame
+from protocol.frames import Frame, check_header
 from protocol.keyschedule import KeySchedule
 from protocol.messages import (
     Alert,
@@ -412,3 +413,187 @@ def test_three_feeds_before_a_drain() -> None:
     assert first is not None and first.encode() == a
     assert second is not None and second.encode() == b
     assert decoder.next_frame() is None
+
+
+# ---------------------------------------------------------------------- decoder contract
+# What FrameDecoder's docstrings promise beyond "the right frames": it keeps no copy of a
+# caller's mutable buffer, cuts frames out of the chunk without copying, holds no spent chunk,
+# and checks each header (check_header) before its payload.
+
+A = encode_frame(FrameType.ALERT, b"\x00\x05hello")
+B = encode_frame(FrameType.ALERT, b"\x0a\x00")
+
+
+@pytest.mark.parametrize("wrap", [bytearray, lambda b: memoryview(bytearray(b))])
+def test_decoder_copies_a_buffer_the_caller_may_reuse(wrap: Any) -> None:
+    """feed() keeps bytes, never a reference to the caller's bytearray (which gets reused)."""
+    buf = wrap(A + B[:3])
+    dec = FrameDecoder()
+    dec.feed(buf)
+    buf[:] = b"\xff" * len(buf)  # the caller reads the next chunk into the same buffer
+    frame = dec.next_frame()
+    assert frame is not None and frame.encode() == A
+    again = wrap(B[3:])
+    dec.feed(again)
+    again[:] = b"\xff" * len(again)
+    frame = dec.next_frame()
+    assert frame is not None and frame.encode() == B
+    assert dec.next_frame() is None and dec.buffered == 0
+
+
+def test_decoder_cuts_frames_out_of_the_chunk_without_copying() -> None:
+    """A frame inside one chunk is a view of that very chunk (zero copy), header included."""
+    chunk = A + B
+    dec = FrameDecoder()
+    dec.feed(chunk)
+    for want in (A, B):
+        got = dec.next_view()
+        assert got is not None
+        frame_type, view = got
+        assert frame_type is FrameType.ALERT and view.readonly
+        assert view.obj is chunk and bytes(view) == want
+    assert dec.next_view() is None
+
+
+def test_decoder_holds_no_spent_chunk() -> None:
+    """Once its last frame is taken, the decoder drops its reference to the chunk.
+
+    sys.getrefcount (CPython) is the observable: an idle connection keeps no read buffer."""
+    chunk = A + B
+    idle = sys.getrefcount(chunk)
+    dec = FrameDecoder()
+    dec.feed(chunk)
+    assert sys.getrefcount(chunk) == idle + 1  # kept by reference, not copied
+    for _ in range(2):
+        got = dec.next_view()
+        assert got is not None
+        got[1].release()
+    assert sys.getrefcount(chunk) == idle
+    assert dec.buffered == 0
+
+
+def test_decoder_assembles_only_the_straddling_frame() -> None:
+    """A frame across two chunks is assembled up to its own end; the next one is cut from the
+    second chunk in place, and the assembled frame's view stays valid afterwards."""
+    second = A[5:] + B
+    dec = FrameDecoder()
+    dec.feed(A[:5])
+    dec.feed(second)
+    first = dec.next_view()
+    assert first is not None
+    assert bytes(first[1]) == A and first[1].readonly
+    assert dec.buffered == len(B)
+    nxt = dec.next_view()
+    assert nxt is not None and nxt[1].obj is second and bytes(nxt[1]) == B
+    dec.feed(B[:4])
+    dec.feed(B[4:])
+    assert dec.next_frame() == Frame(FrameType.ALERT, B[8:])
+    assert bytes(first[1]) == A  # never written again
+
+
+@pytest.mark.parametrize("first_read", [3, 5, 9])
+def test_decoder_carry_takes_no_byte_past_the_straddling_frame(first_read: int) -> None:
+    """A short frame (B: 10 bytes) straddling two reads: the carry takes up to its end only,
+    so the frame after it is still cut from the second chunk."""
+    second = B[first_read:] + A
+    dec = FrameDecoder()
+    dec.feed(B[:first_read])
+    dec.feed(second)
+    got = dec.next_view()
+    assert got is not None and bytes(got[1]) == B
+    assert dec.buffered == len(A)
+    nxt = dec.next_view()
+    assert nxt is not None and nxt[1].obj is second and bytes(nxt[1]) == A
+
+
+def test_next_frame_applies_the_expected_types() -> None:
+    """§1 check 5 through next_frame (as through next_view), on a whole and a straddling frame."""
+    for reads in ([A], [A[:4], A[4:]]):
+        dec = FrameDecoder()
+        for chunk in reads:
+            dec.feed(chunk)
+        with pytest.raises(ProtocolError) as info:
+            dec.next_frame({FrameType.RECORD})
+        assert (info.value.alert.name, info.value.reason) == (
+            "UNEXPECTED_MESSAGE",
+            "ALERT not expected now",
+        )
+
+
+def test_decoder_carry_is_emptied_by_the_frame_that_fills_it() -> None:
+    """After a straddling frame, later frames come from the chunks again (nothing left over)."""
+    dec = FrameDecoder()
+    dec.feed(A[:3])
+    dec.feed(A[3:])
+    assert dec.next_frame() == Frame(FrameType.ALERT, A[8:])
+    chunk = B + A
+    dec.feed(chunk)
+    got = dec.next_view()
+    assert got is not None and got[1].obj is chunk
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        pytest.param([A[:3], A[3:5]], id="header-over-two-reads"),
+        pytest.param([A[:5], A[5:10]], id="payload-over-two-reads"),
+        pytest.param([A[:9], A[9:10], A[10:11]], id="three-reads"),
+    ],
+)
+def test_decoder_eof_inside_a_frame_that_came_in_several_reads(reads: list[bytes]) -> None:
+    """§1: end of stream inside a frame is decode_error on the carry path too."""
+    dec = FrameDecoder()
+    for i, chunk in enumerate(reads):
+        dec.feed(chunk)
+        if i:  # drain between reads as a connection does (the first read is left pending)
+            assert dec.next_frame() is None
+    dec.feed_eof()
+    with pytest.raises(ProtocolError) as info:
+        dec.next_frame()
+    assert info.value.alert.name == "DECODE_ERROR"
+    assert f"inside a frame ({sum(map(len, reads))} bytes)" in info.value.reason
+
+
+def test_decoder_eof_after_a_straddling_frame_is_silence() -> None:
+    """EOF right after a frame completed from two reads is a clean end, not an error."""
+    dec = FrameDecoder()
+    dec.feed(A[:5])
+    dec.feed(A[5:])
+    dec.feed_eof()
+    assert dec.next_frame() == Frame(FrameType.ALERT, A[8:])
+    assert dec.next_frame() is None
+
+
+@pytest.mark.parametrize(
+    ("header", "alert", "reason"),
+    [
+        pytest.param(b"KY\x09\xff" + b"\xff" * 4, "DECODE_ERROR", "bad magic 4b59", id="magic"),
+        pytest.param(b"KX\x02\xff" + b"\xff" * 4, "PROTOCOL_VERSION", "version 2", id="version"),
+        pytest.param(b"KX\x01\x99" + b"\xff" * 4, "UNEXPECTED_MESSAGE", "type 0x99", id="type"),
+        pytest.param(
+            b"KX\x01\x01" + (16385).to_bytes(4, "big"),
+            "RECORD_OVERFLOW",
+            "CLIENT_HELLO length 16385 exceeds 16384",
+            id="length",
+        ),
+        pytest.param(
+            b"KX\x01\x17" + (0).to_bytes(4, "big"),
+            "UNEXPECTED_MESSAGE",
+            "RECORD not expected now",
+            id="expected",
+        ),
+    ],
+)
+def test_check_header_applies_the_checks_in_order(header: bytes, alert: str, reason: str) -> None:
+    """§1 checks 1-5 on a bare header; each case also breaks every later check."""
+    with pytest.raises(ProtocolError) as info:
+        check_header(header, {FrameType.CLIENT_HELLO})
+    assert info.value.alert.name == alert
+    assert reason in info.value.reason
+
+
+def test_check_header_returns_type_and_length() -> None:
+    assert check_header(A[:8]) == (FrameType.ALERT, len(A) - 8)
+    assert check_header(A[:8], {FrameType.ALERT}) == (FrameType.ALERT, 7)
+    limit = (65561).to_bytes(4, "big")  # the largest RECORD is allowed, one more is not
+    assert check_header(b"KX\x01\x17" + limit, None) == (FrameType.RECORD, 65561)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -12,13 +11,12 @@ from pathlib import Path
 import pytest
 import typer
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from external_tools import require_tool
 from typer.testing import CliRunner, Result
 
 import cli.keygen as keygen_module
 from cli.keygen import keygen
 from keystore import fingerprint, load_private_key, load_public_key
-
-OPENSSL = shutil.which("openssl")
 
 
 def make_app() -> typer.Typer:
@@ -74,16 +72,16 @@ def test_keygen_writes_key_pair_and_prints_fingerprint(
 
 
 def test_keygen_output_read_by_openssl(tmp_path: Path) -> None:
-    assert OPENSSL, "openssl is required for the interop tests"
+    openssl = require_tool("openssl")
     out = tmp_path / "k.pem"
     result = run("--type", "rsa", "--out", str(out))
     assert result.exit_code == 0
     checked = subprocess.run(
-        [OPENSSL, "pkey", "-in", str(out), "-noout"], capture_output=True, timeout=60, check=False
+        [openssl, "pkey", "-in", str(out), "-noout"], capture_output=True, timeout=60, check=False
     )
     assert checked.returncode == 0, checked.stderr
     der = subprocess.run(
-        [OPENSSL, "pkey", "-pubin", "-in", f"{out}.pub", "-outform", "DER"],
+        [openssl, "pkey", "-pubin", "-in", f"{out}.pub", "-outform", "DER"],
         capture_output=True,
         timeout=60,
         check=False,

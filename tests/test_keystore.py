@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from external_tools import require_tool
 
 import keystore.keys as keys_module
 from keystore import (
@@ -37,17 +37,16 @@ from protocol import (
 )
 from protocol.connection import Connection
 
-OPENSSL = shutil.which("openssl")
-
 # RSA generation is the slow part: one key per module, reused where the key itself does not matter.
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 
 
 def openssl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    """Run openssl; its absence is a setup error (the issue requires openssl interop)."""
-    assert OPENSSL, "openssl is required for the interop tests"
-    return subprocess.run([OPENSSL, *args], capture_output=True, timeout=60, check=False)
+    """Run openssl (a missing openssl: see external_tools)."""
+    return subprocess.run(
+        [require_tool("openssl"), *args], capture_output=True, timeout=60, check=False
+    )
 
 
 def mode(path: Path) -> int:

@@ -36,13 +36,13 @@ from oob import (
     BrokerUnavailable,
     Fingerprint,
     MqttSettings,
-    OobTimeout,
     ServerChannel,
     exchange_sas,
     fetch_fingerprint,
     generate_identity,
     generate_psk,
     publish_psk,
+    sas_topic,
     unknown_psk_message,
 )
 from oob.settings import connect
@@ -99,7 +99,12 @@ async def test_acl_denied_publish_is_not_reported_as_delivered(hardened: Mosquit
     async with ServerChannel(hardened.settings(SERVER_USER), SID, **FAST) as channel:
         assert await channel.wait_ready(5)
         publication = await publish_psk(hardened.settings(GUEST_USER), SID, identity, key)
-        assert await channel.wait_for(identity, 1.0) is None
+        # Positive control: an allowed account's publish, sent after the guest's, arrives; the
+        # broker routes publishes in the order it takes them, so the guest's would be in by now.
+        control, control_key = generate_identity(), generate_psk()
+        await publish_psk(hardened.settings(CLIENT_USER), SID, control, control_key)
+        assert await channel.wait_for(control, 5) == control_key
+        assert channel.lookup(identity) is None
     summary = publication.summary()
     assert PUBACK_CAVEAT in summary
     assert "delivered" not in summary
@@ -134,20 +139,27 @@ async def test_sas_exchange_works_through_the_acl(hardened: Mosquitto) -> None:
 async def test_a_client_cannot_speak_for_the_server_in_the_sas_exchange(
     hardened: Mosquitto,
 ) -> None:
-    """A man in the middle with client credentials cannot publish the server's SAS."""
+    """A man in the middle with client credentials cannot publish the server's SAS.
+
+    Positive control: the client is known to listen (its own SAS arrived, and it subscribes
+    before it publishes), the forgery differs from the real SAS, and the genuine server's
+    publish right after it does arrive. So the client answers True only if the forgery never
+    reached it; a late subscriber would time out and fail this test instead of passing it.
+    """
     client_random, sas = os.urandom(32), os.urandom(32)
-    waiting = asyncio.create_task(
-        exchange_sas(hardened.settings(CLIENT_USER), SID, client_random, "client", sas, 1.5)
-    )
-    await asyncio.sleep(0.2)
-    async with connect(hardened.settings(CLIENT_USER)) as mitm:
-        await mitm.publish(
-            f"kexlab/v1/{SID}/sas/{client_random.hex()}/server",
-            json.dumps({"sas": sas.hex()}).encode(),
-            qos=1,
+    to_server = sas_topic(SID, client_random, "server")
+    async with connect(hardened.settings(SERVER_USER)) as server:
+        await server.subscribe(sas_topic(SID, client_random, "client"), qos=1)
+        waiting = asyncio.create_task(
+            exchange_sas(hardened.settings(CLIENT_USER), SID, client_random, "client", sas, 10)
         )
-    with pytest.raises(OobTimeout, match="no SAS from the server"):
-        await waiting
+        async with asyncio.timeout(5):
+            await anext(aiter(server.messages))  # the client's own SAS: it is subscribed now
+        async with connect(hardened.settings(CLIENT_USER)) as mitm:
+            forged = json.dumps({"sas": os.urandom(32).hex()}).encode()
+            await mitm.publish(to_server, forged, qos=1)  # acknowledged, and dropped by the ACL
+        await server.publish(to_server, json.dumps({"sas": sas.hex()}).encode(), qos=1)
+        assert await waiting is True
 
 
 # --------------------------------------------------------------------------- TLS

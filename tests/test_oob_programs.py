@@ -243,15 +243,21 @@ async def test_server_waits_for_a_key_that_arrives_during_the_handshake(
 ) -> None:
     srv, _mqtt, recorder = await oob_server(psk_wait=3.0)
     identity, key = generate_identity(), generate_psk()
+    provide, asked = srv.options.psk_provider, asyncio.Event()
+    assert provide is not None
+
+    async def watched(name: str) -> bytes | None:
+        asked.set()  # the server has no key for ``name`` and starts waiting for it
+        return await provide(name)
+
+    srv.options.psk_provider = watched
 
     async def late_publish() -> None:
-        await asyncio.sleep(0.4)
+        await asyncio.wait_for(asked.wait(), 5)
         await publish_psk(lab.settings(), SID, identity, key)
 
-    started = time.monotonic()
     publisher = asyncio.create_task(late_publish())
     session = await ClientSession.open(psk_options(srv, identity, key))
-    assert time.monotonic() - started >= 0.4  # it really waited for the key
     await publisher
     assert session.handshake.psk_identity == identity
     assert await session.request(b"late but fine") == b"late but fine"
@@ -268,7 +274,9 @@ async def test_an_identity_that_never_arrives_is_refused_after_psk_wait(oob_serv
         await ClientSession.open(psk_options(srv, "nobody", b"k" * 32))
     elapsed = time.monotonic() - started
     assert info.value.code == AlertCode.UNKNOWN_PSK_IDENTITY
-    assert 0.55 <= elapsed < 2.5
+    # Not before --psk-wait; no upper bound here: the client's own 5 s timeout would end it
+    # with another error, and two busy cores can add whole seconds.
+    assert elapsed >= 0.55
 
 
 async def test_server_aborts_when_the_client_never_compares_its_sas(oob_server) -> None:

@@ -378,6 +378,9 @@ def test_psk_needed_then_supply_psk_completes(keys: Keys) -> None:
         return None
 
     pair = make_pair(PSK_CASE, keys, psk_lookup=lookup)
+    assert (pair.client.role, pair.server.role) == ("client", "server")
+    assert pair.server.client_random == b""  # no CLIENT_HELLO yet
+    assert pair.server.psk_identity == ""
     c, s = pair.run()
     assert s == [PskNeeded(PSK_IDENTITY)]
     assert c == []
@@ -423,6 +426,7 @@ def test_supply_psk_when_none_awaited_is_refused(keys: Keys) -> None:
     with pytest.raises(LocalProtocolError) as info:
         pair.server.supply_psk(PSK)
     assert info.value.alert is AlertCode.INTERNAL_ERROR
+    assert info.value.reason == "no PSK is awaited"
     assert pair.server.state is State.CONNECTED
 
 
@@ -859,17 +863,21 @@ def test_default_psk_lookup_knows_no_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "alert"),
-    [(None, AlertCode.UNKNOWN_PSK_IDENTITY), (b"too short", AlertCode.INTERNAL_ERROR)],
+    ("key", "alert", "reason"),
+    [
+        (None, AlertCode.UNKNOWN_PSK_IDENTITY, f"unknown psk identity {PSK_IDENTITY!r}"),
+        (b"too short", AlertCode.INTERNAL_ERROR, f"the PSK for {PSK_IDENTITY!r} is under 16 bytes"),
+    ],
     ids=["none-arrived", "short-key"],
 )
-def test_supply_psk_failures(key: bytes | None, alert: AlertCode, keys: Keys) -> None:
+def test_supply_psk_failures(key: bytes | None, alert: AlertCode, reason: str, keys: Keys) -> None:
     """supply_psk(None) is unknown_psk_identity; a key under 16 bytes is our own error."""
     pair = make_pair(PSK_CASE, keys, psk_lookup=lambda identity: None)
     pair.run()
     pair.server.supply_psk(key)
     assert pair.server.state is State.ERROR and pair.server.error is not None
     assert pair.server.error.alert is alert
+    assert pair.server.error.reason == reason
     c, _ = pair.run()
     assert c[0] == AlertReceived(alert, pair.server.error.reason)
     assert pair.client.state is State.ERROR

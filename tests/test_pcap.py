@@ -14,7 +14,8 @@ from pathlib import Path
 
 import dpkt  # type: ignore[import-untyped]
 import pytest
-from kxp_sessions import TSHARK, tshark_env
+from external_tools import require_tool
+from kxp_sessions import tshark_env
 
 from capture.pcap import MSS, PcapWriter
 from capture.streams import read_capture
@@ -192,7 +193,6 @@ def test_one_writer_many_threads(tmp_path: Path) -> None:
         assert conn.a.gap is None and conn.b.gap is None and conn.a.fin and conn.b.fin
 
 
-@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 def test_tshark_finds_good_checksums_and_no_tcp_anomalies(tmp_path: Path) -> None:
     path = tmp_path / "tshark.pcap"
     with PcapWriter(path) as writer:
@@ -203,7 +203,8 @@ def test_tshark_finds_good_checksums_and_no_tcp_anomalies(tmp_path: Path) -> Non
         six = writer.flow(("::1", 40000), ("::1", 9700), initiated_by_local=False)
         six.received(b"c" * 2000)
         six.close()
-    args = [TSHARK, "-n", "-r", str(path), "-o", "tcp.check_checksum:TRUE"]
+    tshark = require_tool("tshark")
+    args = [tshark, "-n", "-r", str(path), "-o", "tcp.check_checksum:TRUE"]
     args += ["-o", "ip.check_checksum:TRUE", "-T", "fields", "-e", "frame.number"]
     args += ["-e", "tcp.checksum.status", "-e", "ip.checksum.status", "-e", "tcp.analysis.flags"]
     args += ["-e", "_ws.malformed", "-E", "separator=|"]

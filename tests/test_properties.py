@@ -10,6 +10,7 @@ per property); keys and recordings are made once per module.
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -27,6 +28,7 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 from protocol import (
+    AlertCode,
     CipherSuite,
     ClientConnection,
     FrameDecoder,
@@ -42,7 +44,7 @@ from protocol import (
     encode_frame,
 )
 from protocol.connection import Connection
-from protocol.constants import SUITES, ContentType
+from protocol.constants import MAX_HANDSHAKE_PAYLOAD, MAX_RECORD_PAYLOAD, SUITES, ContentType
 from protocol.kex import spki
 from protocol.keyschedule import KeySchedule
 from protocol.messages import (
@@ -317,10 +319,33 @@ def test_recordings_replay() -> None:
 pieces = st.lists(st.binary(max_size=100) | frame_like(), min_size=1, max_size=4)
 
 
+def _spec_reading(data: bytes, eof: bool) -> tuple[int, AlertCode | None]:
+    """§1 read independently of FrameDecoder: bytes that form whole frames, and the alert due."""
+    pos = 0
+    while len(data) - pos >= 8:
+        magic, version, code, length = struct.unpack_from(">2sBBI", data, pos)
+        if magic != b"KX":
+            return pos, AlertCode.DECODE_ERROR  # check 1
+        if version != 1:
+            return pos, AlertCode.PROTOCOL_VERSION  # check 2
+        if code not in {int(t) for t in FrameType}:
+            return pos, AlertCode.UNEXPECTED_MESSAGE  # check 3
+        if length > (MAX_RECORD_PAYLOAD if code == FrameType.RECORD else MAX_HANDSHAKE_PAYLOAD):
+            return pos, AlertCode.RECORD_OVERFLOW  # check 4
+        if len(data) - pos - 8 < length:
+            break
+        pos += 8 + length
+    if eof and pos < len(data):
+        return pos, AlertCode.DECODE_ERROR  # end of stream inside a frame
+    return pos, None
+
+
 @given(pieces, chunk_cuts, st.booleans())
 def test_decoder_random_bytes(parts: list[bytes], cuts: list[int], eof: bool) -> None:
-    """FrameDecoder: random bytes give whole frames within the limits, or ProtocolError."""
+    """FrameDecoder: random bytes give whole frames within the limits, or the alert §1 names."""
     data = b"".join(parts)
+    whole, alert = _spec_reading(data, eof)
+    event(f"alert {alert.name if alert else None}")
     dec = FrameDecoder()
     taken = 0
     try:
@@ -335,8 +360,11 @@ def test_decoder_random_bytes(parts: list[bytes], cuts: list[int], eof: bool) ->
             dec.feed_eof()
             assert dec.next_frame() is None
             assert dec.buffered == 0
-    except ProtocolError:
-        pass
+    except ProtocolError as exc:
+        assert exc.alert == alert, (exc, alert)
+    else:
+        assert alert is None
+    assert taken == whole
 
 
 def _valid_payloads() -> dict[str, list[bytes]]:

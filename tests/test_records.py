@@ -41,7 +41,7 @@ from protocol import (
     parse_keylog,
 )
 from protocol.constants import SUITES
-from protocol.keyschedule import KeySchedule
+from protocol.keyschedule import KeySchedule, keylog_lines
 from protocol.records import RecordReceiver, RecordSender
 
 # Suite parameters written out from the §2 table, not read from protocol/.
@@ -225,7 +225,7 @@ def test_seal_refuses_to_pass_the_threshold() -> None:
         receiver.open(sender.seal(ContentType.APPLICATION_DATA, bytes([i]))[8:])
     assert flags == [False, False, False, True]  # only one record left at seq 3
     assert sender.needs_update
-    with pytest.raises(LocalProtocolError, match="exhausted") as refused:
+    with pytest.raises(LocalProtocolError, match="record sequence exhausted") as refused:
         sender.seal(ContentType.APPLICATION_DATA, b"one too many")
     assert refused.value.alert is AlertCode.INTERNAL_ERROR
     assert sender.seq == 4  # nothing was sealed
@@ -506,3 +506,44 @@ def test_key_log_and_capture_decrypt_every_record() -> None:
             seen.append(content)
     assert seen == [b"secret %d" % i for i in range(5)]
     assert observer.epoch == 2
+
+
+def test_key_log_comment_lines_are_ignored() -> None:
+    """§9: a line starting with '#' is a comment, even when the rest would parse as a secret."""
+    cr, c_secret, s_secret = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    real = keylog_lines(cr, c_secret, s_secret)
+    commented = f"#CLIENT_TRAFFIC_SECRET_0 {cr.hex()} {'ff' * 32}\n# {'aa' * 32} {'bb' * 32}\n"
+    assert parse_keylog(commented) == {}
+    assert parse_keylog(real + commented) == {
+        cr: {"CLIENT_TRAFFIC_SECRET_0": c_secret, "SERVER_TRAFFIC_SECRET_0": s_secret}
+    }
+
+
+def test_record_refusal_reasons_word_for_word() -> None:
+    """The one line a user reads for each refused record (§6), exactly: seq, epoch and sizes."""
+    sender, receiver = pair_of(CipherSuite.AES_128_GCM_SHA256, bytes(32))
+    first = sender.seal(ContentType.APPLICATION_DATA, b"a")[8:]
+    second = sender.seal(ContentType.APPLICATION_DATA, b"b")[8:]
+
+    def reason(payload: bytes) -> tuple[AlertCode, str]:
+        with pytest.raises(RemoteProtocolError) as info:
+            receiver.open(payload)
+        return info.value.alert, info.value.reason
+
+    assert reason(first[:24]) == (
+        AlertCode.DECODE_ERROR,
+        "RECORD payload of 24 bytes is under 25",
+    )
+    assert reason(second) == (
+        AlertCode.UNEXPECTED_MESSAGE,
+        "record lost or dropped: seq 1, expected 0 (epoch 0)",
+    )
+    assert receiver.open(first) == (ContentType.APPLICATION_DATA, b"a")
+    assert reason(first) == (
+        AlertCode.UNEXPECTED_MESSAGE,
+        "replayed record: seq 0, expected 1 (epoch 0)",
+    )
+    assert reason(second[:-1] + bytes([second[-1] ^ 1])) == (
+        AlertCode.BAD_RECORD_MAC,
+        "record seq 1 fails authentication",
+    )

@@ -78,11 +78,11 @@ async def test_unknown_control_record_gets_an_error_reply(make_server) -> None:
 
 
 async def test_chat_relays_to_every_other_member_with_the_senders_name(make_server) -> None:
-    srv, _ = await make_server(app="chat")
+    srv, rec = await make_server(app="chat")
     alice = await connect(srv, Kex.PSK, "alice")
     bob = await connect(srv, Kex.PSK, "bob")
     carol = await connect(srv, Kex.DHE)
-    await asyncio.sleep(0.05)  # all three are in the room
+    await rec.handshakes_done(3)  # all three are in the room
     await alice.send(b"hi all")
     assert await bob.receive(5) == b"alice: hi all"
     got = await carol.receive(5)
@@ -105,7 +105,7 @@ async def test_chat_drops_a_member_that_does_not_read(
     alice = await connect(srv, Kex.PSK, "alice")
     bob = await connect(srv, Kex.PSK, "bob")  # bob never reads
     carol = await connect(srv, Kex.PSK, "carol")
-    await asyncio.sleep(0.05)
+    await rec.handshakes_done(3)  # all three are in the room
     blob = b"z" * 60000
     for _ in range(300):  # ~18 MB: far more than bob's socket buffers hold
         await alice.send(blob)
@@ -327,10 +327,10 @@ async def test_max_connections_refuses_with_an_alert(make_server) -> None:
 
 
 async def test_shutdown_sends_close_notify_to_every_client(make_server) -> None:
-    srv, _ = await make_server()
+    srv, rec = await make_server()
     sessions = [await connect(srv, kex) for kex in Kex]
     waiting = [asyncio.create_task(s.receive(5)) for s in sessions]
-    await asyncio.sleep(0.05)
+    await rec.handshakes_done(len(sessions))  # every session is in the app, past its handshake
     await srv.shutdown(grace=2.0)
     assert await asyncio.gather(*waiting) == [None, None, None]
     assert not srv.streams
@@ -339,9 +339,9 @@ async def test_shutdown_sends_close_notify_to_every_client(make_server) -> None:
 
 
 async def test_shutdown_closes_clients_mid_handshake(make_server) -> None:
-    srv, _ = await make_server()
+    srv, rec = await make_server()
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.address[1])
-    await asyncio.sleep(0.05)  # mid-handshake, silent
+    await rec.event("connect")  # accepted: mid-handshake, silent
     await srv.shutdown(grace=0.5)
     data = await asyncio.wait_for(reader.read(), 5)  # the server's close_notify, then EOF
     assert data == encode_frame(FrameType.ALERT, Alert(AlertCode.CLOSE_NOTIFY, "").encode())

@@ -263,15 +263,17 @@ async def test_shutdown_does_not_wait_out_a_psk_wait(make_server) -> None:
 
     async def slow_provider(identity: str) -> bytes | None:
         asked.set()
-        await asyncio.sleep(3)
+        await asyncio.sleep(60)
         return None
 
     srv, rec = await make_server(psk_provider=slow_provider)
     client = asyncio.create_task(connect(srv.address[1], Kex.PSK, psk_identity="ghost"))
     await asyncio.wait_for(asked.wait(), 5)
     start = time.monotonic()
-    await srv.shutdown(grace=2.5)
-    assert time.monotonic() - start < 1.0
+    await srv.shutdown(grace=20)
+    # Cancelled at once, not after the 20 s grace nor the 60 s wait: the order of magnitude is
+    # what is checked, so that two busy cores cannot make it flake.
+    assert time.monotonic() - start < 5
     with pytest.raises(ConnectionLost, match="close_notify"):
         await client
     assert rec.named("closed") == [{"reason": "server stopping during the handshake"}]
@@ -310,19 +312,22 @@ async def test_a_connection_accepted_as_shutdown_starts_gets_close_notify(home: 
     key = home_key(home)
     rec = Recorder()
     srv = KexlabServer(ServerOptions(port=0, rsa_key=key, sign_key=key, inbox=home / "inbox"), rec)
-    gate = asyncio.Event()
+    gate, accepted = asyncio.Event(), asyncio.Event()
     real_accept = srv._accept
 
     async def late_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
         await gate.wait()
         await real_accept(reader, writer)
 
     srv._accept = late_accept  # type: ignore[method-assign]
     await srv.start()
     client = asyncio.create_task(connect(srv.address[1]))
-    await asyncio.sleep(0.1)  # accepted by the loop, its task waiting at the gate
+    await asyncio.wait_for(accepted.wait(), 5)  # accepted by the loop, its task at the gate
     stopping = asyncio.create_task(srv.shutdown(grace=2))
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        while not srv._stopping:  # shutdown has begun (and sent its round of close_notify)
+            await asyncio.sleep(0)
     gate.set()
     with pytest.raises(ConnectionLost, match="close_notify"):
         await client  # not a handshake with a server that is going away
@@ -794,7 +799,10 @@ async def test_real_server_under_fault_load(home: Path) -> None:
         await asyncio.gather(*good)
         for _, writer in idle:
             writer.close()
-        await asyncio.sleep(1.0)
+        for _ in range(100):  # the server closes its ends as it notices: wait up to 10 s
+            if srv.fds() == fds_before:
+                break
+            await asyncio.sleep(0.1)
         assert srv.fds() == fds_before
         assert len(done) >= 10
         assert await srv.stop() == 0
