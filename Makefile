@@ -30,12 +30,17 @@ test: lint
 # made here and starts the lab, `make lab-down` stops it (keys and captures stay),
 # `make lab-clean` also removes its volumes. BASE_IMAGE=... builds on another base
 # (lab/offline-base.sh makes one without a registry); PUBLISH=1 also publishes the
-# server's port on 127.0.0.1 (lab/publish.yml). Everything runs as you, so captures/
-# is yours.
+# server's port on 127.0.0.1 (lab/publish.yml). The settings live in .env, written
+# from lab/env.example on first use: the lab runs as you, so captures/ is yours; as
+# root it runs as 1000:1000 and captures/ is handed to that user (the lab grants no
+# capability that tcpdump started as root would want).
 COMPOSE     := lab/compose
 LAB_FILES   := -f docker-compose.yml $(if $(PUBLISH),-f lab/publish.yml)
 ALL_FILES   := -f docker-compose.yml -f lab/publish.yml
-LAB_ENV      = KEXLAB_UID=$$(id -u) KEXLAB_GID=$$(id -g) $(if $(BASE_IMAGE),BASE_IMAGE=$(BASE_IMAGE))
+LAB_UID     := $(shell id -u)
+LAB_GID     := $(if $(filter 0,$(LAB_UID)),1000,$(shell id -g))
+LAB_UID     := $(if $(filter 0,$(LAB_UID)),1000,$(LAB_UID))
+LAB_ENV      = $(if $(BASE_IMAGE),BASE_IMAGE=$(BASE_IMAGE))
 LAB_MISSING  = $(shell $(COMPOSE) --check 2>&1 >/dev/null)
 
 lab-check:
@@ -46,7 +51,11 @@ lab/wheels/.built: pyproject.toml README.md $(wildcard */*.py) | $(STAMP)
 	lab/wheelhouse.sh $(BIN)/python lab/wheels
 	touch $@
 
-lab: lab-check lab/wheels/.built
+.env:
+	sed -e 's/^KEXLAB_UID=.*/KEXLAB_UID=$(LAB_UID)/' -e 's/^KEXLAB_GID=.*/KEXLAB_GID=$(LAB_GID)/' lab/env.example >$@
+	@[ "$$(id -u)" != 0 ] || chown $(LAB_UID):$(LAB_GID) captures
+
+lab: lab-check .env lab/wheels/.built
 	$(LAB_ENV) $(COMPOSE) $(LAB_FILES) build
 	$(LAB_ENV) $(COMPOSE) $(LAB_FILES) up -d
 	@$(COMPOSE) $(LAB_FILES) ps

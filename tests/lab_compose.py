@@ -104,8 +104,10 @@ class Lab:
         **env: str,
     ) -> subprocess.CompletedProcess[str]:
         """``lab/compose -p kexlabtest ARGS`` with the lab's environment."""
+        no_env_file = self.captures.parent / "empty.env"  # a developer's .env stays out
+        no_env_file.touch()
         proc = subprocess.run(
-            [COMPOSE, *files, "-p", PROJECT, *args],
+            [COMPOSE, *files, "--env-file", str(no_env_file), "-p", PROJECT, *args],
             env={**self.env, **env},
             capture_output=True,
             text=True,
