@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,19 @@ from pathlib import Path
 
 import pytest
 from kxp_sessions import DISSECTOR, TSHARK, assert_no_lua_error, tshark_env
-from lab_compose import ALL_FILES, LAB_NET, SAS, Lab, Session, base_image, build, engine_ready
+from lab_compose import (
+    ALL_FILES,
+    LAB_NET,
+    OOB_NET,
+    PROJECT,
+    SAS,
+    Lab,
+    Session,
+    base_image,
+    build,
+    engine_ready,
+    unavailable,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -87,6 +100,28 @@ def test_rsa_dhe_and_psk_over_mqtt_same_sas_both_sides(
     peers = [ln for ln in lab.logs("server") if "handshake complete" in ln]
     assert all(ln.startswith(f"[{LAB_NET}.") for ln in peers), peers  # over the lab network
     assert "first use: recorded server key" in sessions["rsa"].proc.stderr
+
+
+def test_networks_are_internal_and_the_host_holds_no_address(lab: Lab) -> None:
+    lab.up()
+    ip = shutil.which("ip")
+    assert ip, "ip (iproute2) is not installed"
+    for name in ("lab", "oob"):
+        fmt = "{{.Id}} {{.Internal}} {{(index .IPAM.Config 0).Subnet}}"
+        net = subprocess.run(
+            ["docker", "network", "inspect", "-f", fmt, f"{PROJECT}_{name}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert net[1:] == ["true", f"{LAB_NET if name == 'lab' else OOB_NET}.0/24"], net
+        bridge = f"br-{net[0][:12]}"  # the bridge driver's name for it, on this host
+        if not Path("/sys/class/net", bridge).exists():
+            unavailable("the engine's bridges are not on this host (a VM or remote engine)")
+        addr = subprocess.run(
+            [ip, "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True
+        )
+        assert addr.returncode == 0 and addr.stdout == "", addr  # inhibit_ipv4: not even the host
 
 
 def test_eve_reads_the_psk_on_the_open_broker(lab: Lab, sessions: dict[str, Session]) -> None:
