@@ -25,8 +25,10 @@ esac
 # A fixed timestamp makes the same source give the same wheel, byte for byte, so an
 # unchanged tree keeps the image's build cache.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
-# setuptools reuses build/: a module deleted from the tree would linger in the wheel.
+# setuptools reuses build/: a module deleted from the tree would linger in the wheel;
+# and nothing of it should stay behind in the tree.
 rm -rf "$dir" build
+trap 'rm -rf build' EXIT
 mkdir -p "$dir"
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$dir" .
 # manylinux2014 stands for glibc 2.17 and older; newer wheels name their glibc
