@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint mutate clean
+.PHONY: demo test lint mutate clean lab lab-down lab-clean lab-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check protocol tests
 	$(BIN)/mypy --strict protocol
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml lab/publish.yml
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/shellcheck lab/compose lab/*.sh lab/bin/*
 
 test: lint
 	$(BIN)/python -m pytest -W error --cov=protocol --cov-report=term-missing $(PYTEST_ARGS)
@@ -35,6 +38,47 @@ $(MUTATE_STAMP): $(STAMP)
 
 mutate: $(MUTATE_STAMP)
 	$(BIN)/python mutation/run.py $(MUTATE_ARGS) $(MUTATE_FILES)
+
+# The docker-compose lab (lab/README.md): `make lab` builds the image from a wheelhouse
+# made here and starts the lab, `make lab-down` stops it (keys and captures stay),
+# `make lab-clean` also removes its volumes. BASE_IMAGE=... builds on another base
+# (lab/offline-base.sh makes one without a registry); PUBLISH=1 also publishes the
+# server's port on 127.0.0.1 (lab/publish.yml). The settings live in .env, written
+# from lab/env.example on first use: the lab runs as you, so captures/ is yours; as
+# root it runs as 1000:1000 and captures/ is handed to that user (the lab grants no
+# capability that tcpdump started as root would want).
+COMPOSE     := lab/compose
+LAB_FILES   := -f docker-compose.yml $(if $(PUBLISH),-f lab/publish.yml)
+ALL_FILES   := -f docker-compose.yml -f lab/publish.yml
+LAB_UID     := $(shell id -u)
+LAB_GID     := $(if $(filter 0,$(LAB_UID)),1000,$(shell id -g))
+LAB_UID     := $(if $(filter 0,$(LAB_UID)),1000,$(LAB_UID))
+LAB_ENV      = $(if $(BASE_IMAGE),BASE_IMAGE=$(BASE_IMAGE))
+LAB_MISSING  = $(shell $(COMPOSE) --check 2>&1 >/dev/null)
+
+lab-check:
+	$(if $(LAB_MISSING),$(error $(LAB_MISSING)))
+	@:
+
+lab/wheels/.built: pyproject.toml README.md $(wildcard */*.py) | $(STAMP)
+	lab/wheelhouse.sh $(BIN)/python lab/wheels
+	touch $@
+
+.env:
+	sed -e 's/^KEXLAB_UID=.*/KEXLAB_UID=$(LAB_UID)/' -e 's/^KEXLAB_GID=.*/KEXLAB_GID=$(LAB_GID)/' lab/env.example >$@
+	@[ "$$(id -u)" != 0 ] || chown $(LAB_UID):$(LAB_GID) captures
+
+lab: lab-check .env lab/wheels/.built
+	$(LAB_ENV) $(COMPOSE) $(LAB_FILES) build
+	$(LAB_ENV) $(COMPOSE) $(LAB_FILES) up -d
+	@$(COMPOSE) $(LAB_FILES) ps
+	@echo "lab is up: docker compose run --rm client kexlab client server --kex dhe --send hello (lab/README.md)"
+
+lab-down: lab-check
+	$(COMPOSE) $(ALL_FILES) down --remove-orphans
+
+lab-clean: lab-check
+	$(COMPOSE) $(ALL_FILES) down -v --remove-orphans
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis mutants
