@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -33,12 +34,18 @@ def find_tool(name: str) -> str | None:
     return None
 
 
+def unavailable(reason: str) -> NoReturn:
+    """What a test does when something it needs is missing: fail under CI, else skip saying why."""
+    if in_ci():
+        pytest.fail(
+            f"{reason}; under CI everything a test needs is required (.ci/run sets it up)", False
+        )
+    pytest.skip(reason)
+
+
 def require_tool(name: str, why: str = "") -> str:
     """The program's path; if it is missing, fail under CI and skip (with the reason) elsewhere."""
     found = find_tool(name)
     if found is not None:
         return found
-    reason = f"{name} is not installed" + (f" (needed for {why})" if why else "")
-    if in_ci():
-        pytest.fail(f"{reason}; under CI every tool is required (.ci/run installs it)", False)
-    pytest.skip(reason)
+    unavailable(f"{name} is not installed" + (f" (needed for {why})" if why else ""))

@@ -16,9 +16,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+from external_tools import unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = str(REPO / "lab" / "compose")
@@ -39,13 +39,6 @@ _PROGRESS = re.compile(
 )
 _LOG_PREFIX = re.compile(r"^\S+\s+\| ?")
 SAS = re.compile(r"handshake complete: ([a-z]+)[/,].*SAS ([0-9a-f]{4}(?: [0-9a-f]{4}){3})")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip with the reason; under CI, which installs everything the lab needs, fail."""
-    if os.environ.get("CI"):
-        pytest.fail(f"lab test cannot run under CI: {reason}")
-    pytest.skip(reason)
 
 
 def client_stderr(proc: subprocess.CompletedProcess[str]) -> list[str]:

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kxp_sessions import DISSECTOR, TSHARK, assert_no_lua_error, tshark_env
+from external_tools import require_tool
+from kxp_sessions import DISSECTOR, assert_no_lua_error, tshark_env
 from lab_compose import (
     ALL_FILES,
     LAB_NET,
@@ -104,8 +104,7 @@ def test_rsa_dhe_and_psk_over_mqtt_same_sas_both_sides(
 
 def test_networks_are_internal_and_the_host_holds_no_address(lab: Lab) -> None:
     lab.up()
-    ip = shutil.which("ip")
-    assert ip, "ip (iproute2) is not installed"
+    ip = require_tool("ip", "the host's addresses")
     for name in ("lab", "oob"):
         fmt = "{{.Id}} {{.Internal}} {{(index .IPAM.Config 0).Subnet}}"
         net = subprocess.run(
@@ -142,8 +141,16 @@ def test_sniffer_capture_dissected_and_decrypted(
         assert path.stat().st_uid == lab.uid and path.stat().st_gid == lab.gid, path
     frames = set()
     for path in wire:
-        assert TSHARK is not None, "tshark is not installed (.ci/run installs it)"
-        args = [TSHARK, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(path), "-Y", "kxp"]
+        args = [
+            require_tool("tshark"),
+            "-n",
+            "-X",
+            f"lua_script:{DISSECTOR}",
+            "-r",
+            str(path),
+            "-Y",
+            "kxp",
+        ]
         proc = subprocess.run(
             [*args, "-T", "fields", "-e", "_ws.col.Info"],
             env=tshark_env(tmp_path / "ws"),
