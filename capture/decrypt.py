@@ -162,7 +162,9 @@ def _from_psk(
     hs: ObservedHandshake, candidates: Sequence[tuple[bytes, str]]
 ) -> tuple[_Keys | None, str]:
     for psk, origin in candidates:
-        secrets = hs.secrets(psk)  # checked against the server's FINISHED when it is there
+        assert hs.method is not None
+        shared = hs.method.passive_secret(hs.kt, None, psk)
+        secrets = hs.secrets(shared) if shared is not None else None  # checked by FINISHED
         if secrets is not None:
             return _Keys(secrets.c_ap_0, secrets.s_ap_0, origin), ""
     return None, (

@@ -251,9 +251,8 @@ class Connection:
     # ------------------------------------------------------------------ frames in
 
     def _expected(self) -> frozenset[FrameType]:
-        # Looked up when the state or _record_seen changes, not built once per frame.
-        if self.state is self._expected_for[0] and self._record_seen is self._expected_for[1]:
-            return self._expected_types
+        # Called by next_event only when the state or _record_seen changed since the last
+        # frame: a table lookup per class, never a set built per frame.
         key = (self.state, self._record_seen)
         table = _EXPECTED.setdefault(type(self), {})
         allowed = table.get(key)

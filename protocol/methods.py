@@ -10,6 +10,7 @@ Adding a method is one class here and one line in ``METHODS``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -72,7 +73,7 @@ class ServerAnswer:
     """dhe with an identity key: SERVER_SIGNATURE follows SERVER_HELLO."""
 
 
-class KexMethod:
+class KexMethod(ABC):
     """One §2 method. The defaults are psk-shaped: no share, no server key, no signature."""
 
     kex: Kex
@@ -93,10 +94,10 @@ class KexMethod:
 
     # ------------------------------------------------------------------ configuration
 
-    def check_client_config(self, config: ClientConfig) -> None:
+    def check_client_config(self, config: ClientConfig) -> None:  # noqa: B027 - most need none
         """ValueError for a client proposal of this method that cannot work."""
 
-    def check_server_config(self, config: ServerConfig) -> None:
+    def check_server_config(self, config: ServerConfig) -> None:  # noqa: B027 - most need none
         """ValueError for a server that enables this method without what it needs."""
 
     # ------------------------------------------------------------------ client side
@@ -114,6 +115,7 @@ class KexMethod:
             )
         return None
 
+    @abstractmethod
     def client_secret(
         self,
         offer: ClientOffer,
@@ -123,7 +125,6 @@ class KexMethod:
         rng: RandomSource,
     ) -> tuple[bytes, KeyTransport | None]:
         """The shared secret, and the KEY_TRANSPORT that carries it (rsa) or None."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ server side
 
@@ -139,11 +140,11 @@ class KexMethod:
     needs_psk = False
     """The server must find a pre-shared key for the client's identity first (§8)."""
 
+    @abstractmethod
     def server_answer(
         self, ch: ClientHello, config: ServerConfig, rng: RandomSource, psk: bytes
     ) -> ServerAnswer:
         """The method's SERVER_HELLO fields and the server's shared secret."""
-        raise NotImplementedError
 
     def server_secret(self, kt: KeyTransport, config: ServerConfig, rng: RandomSource) -> bytes:
         """rsa: the premaster from KEY_TRANSPORT (other methods never receive one)."""
