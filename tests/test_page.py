@@ -27,6 +27,7 @@ from page_sessions import (
 )
 from support_net import (  # noqa: F401  (home_fixture provides the `home` fixture)
     PSK_HEX,
+    REPO,
     ServerProcess,
     free_port,
     home_fixture,
@@ -256,7 +257,7 @@ def test_a_long_transfer_is_folded_and_the_page_stays_small() -> None:
     assert story.frames == 4 + 320 + 2  # handshake, 320 records of 64 KiB, close_notify both ways
     assert len(whole) == HEAD + TAIL and len(groups) == 1
     assert groups[0].count == story.frames - HEAD - TAIL == len(groups[0].lines)
-    assert len(html) < 2 << 20
+    assert len(html) < 1 << 20
     assert len(Page(html).arrows) == HEAD + TAIL + 1
 
 
@@ -409,3 +410,16 @@ def test_a_server_writes_at_most_its_page_limit(lab: Lab, tmp_path: Path) -> Non
     assert lines.count("page") == 1 and lines.count("page-limit") == 1
     story_html = (tmp_path / "connection-0001.html").read_text(encoding="utf-8")
     assert "client 10.0.0.1" in story_html and "10.0.0.1:1" not in story_html
+
+
+def test_the_readme_shows_a_real_screenshot_and_the_command_that_makes_the_page() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "](docs/session-page.png)" in readme
+    assert re.search(r"^kexlab client 127\.0\.0\.1 .*--html session\.html$", readme, re.M)
+    png = (REPO / "docs" / "session-page.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 1000 and height >= 1000 and len(png) > 50_000
+    for lesson in (REPO / "docs" / "lessons").glob("*.md"):
+        last = lesson.read_text(encoding="utf-8").rstrip().rsplit("## ", 1)[-1]
+        assert "--html" in last, f"{lesson.name} does not end with the command making its page"

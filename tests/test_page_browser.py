@@ -258,7 +258,7 @@ def _screenshot_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def test_a_20_mib_transfer_page_stays_usable(pages: dict[str, Made], visit: Any) -> None:
     made = pages["transfer-20MiB"]
-    assert made.path.stat().st_size < 2 << 20
+    assert made.path.stat().st_size < 1 << 20
     v = visit(made.path)
     page = v.page
     groups = [s for s in made.story.steps if isinstance(s, StepGroup)]
