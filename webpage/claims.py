@@ -74,7 +74,7 @@ def _authentication(method: KexMethod, server_key: bool) -> Claim:
         "only the holder of its RSA private key could unwrap the premaster and so compute"
         " the server's FINISHED"
         if method.server_key_role == "transport"
-        else "it signed its key_share and the client's random with its identity key"
+        else "with its identity key it signed TH(CH, SH): both hellos, its key_share included"
     )
     return Claim(
         "Who is authenticated",
