@@ -124,8 +124,9 @@ def wrong_psk_session(path: Path) -> Recorded:
 # --------------------------------------------------------------------------- a tampered record
 
 
-def tampered_session(path: Path) -> Recorded:
-    """A dhe session whose first client record has one bit flipped on the wire."""
+def tampered_session(path: Path, how: str = "flip") -> Recorded:
+    """A dhe session whose first client record is changed on the wire: a bit flipped
+    (``flip``) or the record sent twice (``replay``)."""
     keys = lab_keys()
     rec = Recorded()
     with PcapWriter(path) as writer:
@@ -136,7 +137,10 @@ def tampered_session(path: Path) -> Recorded:
         pump(client, server, flow, rec)
         client.send_data(b"transfer 100 to alice")
         wire = bytearray(client.data_to_send())
-        wire[20] ^= 0x01  # a ciphertext bit: the tag no longer matches
+        if how == "flip":
+            wire[20] ^= 0x01  # a ciphertext bit: the tag no longer matches
+        else:
+            wire = wire + bytes(wire)  # the same record again: a seq the server has seen
         flow.sent(bytes(wire))
         server.receive_data(bytes(wire))
         pump(client, server, flow, rec)

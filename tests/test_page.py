@@ -209,15 +209,24 @@ def test_hostile_text_is_shown_and_never_runs(lab: Lab) -> None:
     assert "default-src 'none'" in html  # and nothing could load even if markup slipped in
 
 
-def test_a_tampered_record_shows_the_diagnosis(tmp_path: Path) -> None:
-    rec = tampered_session(tmp_path / "t.pcap")
+@pytest.mark.parametrize(
+    ("how", "diagnosis", "alert"),
+    [
+        ("flip", "record seq 0 fails authentication", "bad_record_mac"),
+        ("replay", "replayed record: seq 0, expected 1 (epoch 0)", "unexpected_message"),
+    ],
+)
+def test_a_tampered_record_shows_the_diagnosis(
+    tmp_path: Path, how: str, diagnosis: str, alert: str
+) -> None:
+    rec = tampered_session(tmp_path / "t.pcap", how)
     report = decrypt_capture(tmp_path / "t.pcap", keylog=parse_keylog(rec.keylog))
     (story,) = [s for _, s in capture_stories(report)]
     bad = [s for s in story.steps if isinstance(s, Step) and s.record and s.record.diagnosis]
     assert bad and bad[0].record is not None
-    assert bad[0].record.diagnosis == "record seq 0 fails authentication"
-    assert "bad_record_mac" in story.legs[0].outcome
-    assert "record seq 0 fails authentication" in render(story)
+    assert bad[0].record.diagnosis == diagnosis
+    assert alert in story.legs[0].outcome
+    assert diagnosis in render(story)
 
 
 def test_a_failed_handshake_says_how_it_ended(tmp_path: Path) -> None:

@@ -74,8 +74,9 @@ def _traced(seen: SeenFrame) -> tuple[FrameTraced, str]:
     event = FrameTraced(
         direction, seen.data, record.epoch, record.seq, content_type, record.plaintext
     )
-    missing = record.note if record.note.startswith("records ") else ""
-    return event, missing
+    # An opened key_update or alert explains itself; an opened message's only note is a
+    # hole in the capture before it.
+    return event, record.note if content_type is ContentType.APPLICATION_DATA else ""
 
 
 @dataclass
