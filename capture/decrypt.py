@@ -47,7 +47,7 @@ from protocol.constants import (
 from protocol.dissect import dissect_frame
 from protocol.frames import Frame, FrameDecoder
 from protocol.kex import sha256_hex, spki
-from protocol.keyschedule import KeySchedule
+from protocol.keyschedule import HandshakeSecrets, KeySchedule
 from protocol.messages import Alert
 from protocol.methods import KexMethod
 from protocol.observed import ObservedHandshake
@@ -55,7 +55,7 @@ from protocol.records import RecordReceiver, record_seq
 
 from .inputs import CLIENT_KEY, SERVER_KEY, InputError, load_keylog, load_rsa_key, parse_psk
 from .mqtt import LeakedPsk, find_psks
-from .report import DecryptReport, Record, Session, report_to_json
+from .report import DecryptReport, Record, SeenFrame, Session, SessionKeys, report_to_json
 from .streams import CaptureError, TcpConnection, TcpStream, read_capture
 
 __all__ = [
@@ -130,6 +130,7 @@ class _Keys:
     client: bytes | None
     server: bytes | None
     method: str
+    secrets: HandshakeSecrets | None = None
 
 
 def _from_keylog(hs: ObservedHandshake, keylog: Keylog | None) -> _Keys | None:
@@ -155,7 +156,7 @@ def _from_rsa(hs: ObservedHandshake, key: rsa.RSAPrivateKey) -> tuple[_Keys | No
     if secrets is None:
         return None, "the premaster does not match the client's FINISHED"
     method = "RSA private key: KEY_TRANSPORT decrypted, keys rebuilt from the transcript"
-    return _Keys(secrets.c_ap_0, secrets.s_ap_0, method), ""
+    return _Keys(secrets.c_ap_0, secrets.s_ap_0, method, secrets), ""
 
 
 def _from_psk(
@@ -166,7 +167,7 @@ def _from_psk(
         shared = hs.method.passive_secret(hs.kt, None, psk)
         secrets = hs.secrets(shared) if shared is not None else None  # checked by FINISHED
         if secrets is not None:
-            return _Keys(secrets.c_ap_0, secrets.s_ap_0, origin), ""
+            return _Keys(secrets.c_ap_0, secrets.s_ap_0, origin, secrets), ""
     return None, (
         f"{len(candidates)} PSK(s) for identity {hs.ch.psk_identity.decode('utf-8', 'replace')!r} "
         "were tried and none matches the server's FINISHED"
@@ -290,9 +291,16 @@ def _find_keys(
 
 
 def _records(
-    side: _Side, sender: str, secret: bytes | None, suite: CipherSuite | None
+    side: _Side,
+    sender: str,
+    secret: bytes | None,
+    suite: CipherSuite | None,
+    seen: list[SeenFrame],
 ) -> list[Record]:
-    """Every RECORD and plaintext ALERT after the handshake, decrypted when ``secret`` is known."""
+    """Every RECORD and plaintext ALERT after the handshake, decrypted when ``secret`` is known.
+
+    Every frame of the side, records or not, also goes to ``seen`` (the session page).
+    """
     receiver = (
         RecordReceiver(KeySchedule(SUITES[suite]), secret)
         if secret is not None and suite is not None
@@ -301,17 +309,20 @@ def _records(
     out: list[Record] = []
     for item in side.frames:
         f = item.frame
+        seen.append(SeenFrame(item.time, sender, f.encode()))
         if f.type is FrameType.ALERT:
             note = _alert_text(f.payload)
             out.append(Record(item.time, sender, None, None, "alert", f.payload, note))
+            seen[-1].record = out[-1]
             continue
         if f.type is not FrameType.RECORD:
             continue
         seq = record_seq(f.payload)
         if receiver is None or seq is None:
             out.append(Record(item.time, sender, None, seq, "encrypted", None))
-            continue
-        out.append(_open_record(receiver, f.payload, item.time, sender, seq))
+        else:
+            out.append(_open_record(receiver, f.payload, item.time, sender, seq))
+        seen[-1].record = out[-1]
     return out
 
 
@@ -373,11 +384,14 @@ def _session(
     session.forward_secret = hs is not None and hs.method is not None and hs.method.forward_secret
     c_secret = keys.client if keys else None
     s_secret = keys.server if keys else None
-    session.records = _records(client, "client", c_secret, suite)
-    session.records += _records(server, "server", s_secret, suite)
+    session.records = _records(client, "client", c_secret, suite, session.frames)
+    session.records += _records(server, "server", s_secret, suite, session.frames)
     session.records.sort(key=lambda r: r.time)
+    session.frames.sort(key=lambda f: f.time)
     if keys is not None:
         _judge(session, keys)
+        if session.decrypted:
+            session.keys = SessionKeys(keys.client, keys.server, keys.secrets)
     return session
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.keyschedule import HandshakeSecrets
+
 from .mqtt import LeakedPsk
 from .streams import Address
 
@@ -34,6 +36,30 @@ class Record:
 
 
 @dataclass
+class SeenFrame:
+    """One whole frame of a session as the capture holds it (for the session page)."""
+
+    time: float
+    sender: str
+    """"client" or "server"."""
+    data: bytes
+    record: Record | None = None
+    """Its entry in ``Session.records`` (RECORD and plaintext ALERT frames)."""
+
+
+@dataclass
+class SessionKeys:
+    """The keys that opened a session's records (the session page shows them on request)."""
+
+    client_secret: bytes | None
+    """c_ap_0, when known."""
+    server_secret: bytes | None
+    """s_ap_0, when known."""
+    handshake: HandshakeSecrets | None = None
+    """Every §5 secret, when the shared secret itself was recovered (RSA key, PSK)."""
+
+
+@dataclass
 class Session:
     """One KXP connection found in the capture and what could be done with it."""
 
@@ -60,6 +86,10 @@ class Session:
     """dhe: no long-term secret, leaked or not, recovers the session keys."""
     records: list[Record] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    frames: list[SeenFrame] = field(default_factory=list, repr=False)
+    """Every frame of both directions in capture order (handshake, alerts, records)."""
+    keys: SessionKeys | None = field(default=None, repr=False)
+    """Set when ``decrypted``."""
 
 
 @dataclass

@@ -41,6 +41,14 @@ from .options import (
     mqtt_options_need_oob,
     mqtt_settings,
 )
+from .page_options import (
+    DeterministicOption,
+    HtmlFileOption,
+    InsecureOption,
+    client_hooks,
+    seed_of,
+    seeded,
+)
 from .parsing import parse_address, parse_group, parse_kex, parse_psk, parse_suite
 
 DEFAULT_GROUP = "x25519"
@@ -147,12 +155,16 @@ def client(
         float,
         typer.Option(min=0.01, help="Seconds for connect, handshake and each reply."),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
+    html: HtmlFileOption = None,
+    deterministic: DeterministicOption = None,
+    insecure: InsecureOption = False,
 ) -> None:
     """Connect to a kexlab server, agree on a key, and talk over AES-GCM records."""
     host, port = parse_address(address)
     method = parse_kex(kex) if kex is not None else (Kex.PSK if psk else Kex.DHE)
     identity, key = parse_psk(psk) if psk else ("", b"")
     _check_combination(method, psk, oob, group, trust)
+    seed = seed_of(deterministic, insecure)
     if send_file is not None:
         _check_readable(send_file)
     for text in send or []:
@@ -204,6 +216,8 @@ def client(
         fail(str(exc))
     if keylog is not None:
         _check_keylog(keylog)
+    page, options.observe = client_hooks(html, options.address, show_secrets, seed, explain)
+    options.rng = seeded(seed, "client")
     # No stdin at all (started with stdin closed): nothing to read, like an empty pipe.
     interactive = not send and send_file is None and sys.stdin is not None and sys.stdin.isatty()
     try:
@@ -227,6 +241,8 @@ def client(
     except OobError as exc:
         fail(str(exc))
     finally:
+        if page is not None:
+            page.write()
         if options.pcap is not None and pcap is not None:
             try:
                 close_pcap(options.pcap, pcap)

@@ -25,6 +25,7 @@ from capture.decrypt import (
     report_to_json,
 )
 from cli.errors import fail
+from cli.page_options import capture_pages, html_dir
 
 PREVIEW_CHARS = 60
 
@@ -137,6 +138,16 @@ def decrypt(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="DIR",
+            help="Also write one illustrated web page per session into DIR (a man in the"
+            " middle's two legs on one page), with index.html.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Decrypt the KXP sessions in a capture with a key log, the RSA key or PSKs (also from MQTT)."""
     try:
@@ -146,6 +157,8 @@ def decrypt(
         report = decrypt_capture(capture, keylog=entries, rsa_key=key, psks=psks)
     except (InputError, CaptureError) as exc:
         fail(str(exc))
+    if html is not None:
+        capture_pages(report, html_dir(html))
     if json_out:
         typer.echo(json.dumps(report_to_json(report), indent=2))
         return

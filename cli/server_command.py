@@ -14,8 +14,8 @@ from keystore import KeyFileError, data_dir
 from oob import DEFAULT_PSK_WAIT, OobError
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
 from server.apps import APPS
-from server.log import ServerLog
 from server.oob import ServerOob
+from server.page_log import PageLog
 from server.run import LOG_FORMATS, serve, server_options
 from server.server import DEFAULT_MAX_CONNECTIONS
 
@@ -34,6 +34,14 @@ from .options import (
     default_server_id,
     mqtt_options_need_oob,
     mqtt_settings,
+)
+from .page_options import (
+    DeterministicOption,
+    HtmlDirOption,
+    InsecureOption,
+    html_dir,
+    seed_of,
+    seeded,
 )
 from .parsing import parse_kex_list, parse_psk
 
@@ -151,6 +159,9 @@ def server(
     log_format: Annotated[
         str, typer.Option(callback=_check_log_format, help="text or json (one object per line).")
     ] = "text",
+    html: HtmlDirOption = None,
+    deterministic: DeterministicOption = None,
+    insecure: InsecureOption = False,
 ) -> None:
     """Serve KXP/1: agree on a key with each client by rsa, dhe or psk, then echo or chat."""
     if anonymous and sign_key is not None:
@@ -168,7 +179,9 @@ def server(
         handshake_timeout,
     )
     methods = parse_kex_list(kex)
-    log = ServerLog(log_format, explain=explain, show_secrets=show_secrets)
+    seed = seed_of(deterministic, insecure)
+    pages = html_dir(html) if html is not None else None
+    log = PageLog(log_format, explain=explain, show_secrets=show_secrets, pages=pages, seed=seed)
     try:
         options = server_options(
             methods, rsa_key, sign_key, anonymous, log, inbox or data_dir() / "inbox"
@@ -181,6 +194,7 @@ def server(
     options.max_connections = max_connections
     options.handshake_timeout = handshake_timeout
     options.idle_timeout = idle_timeout
+    options.trace, options.rng = html is not None, seeded(seed, "server")
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
     except CaptureFileError as exc:

@@ -17,6 +17,7 @@ from protocol import (
     CipherSuite,
     ClientConfig,
     ClientConnection,
+    Event,
     Group,
     HandshakeComplete,
     Kex,
@@ -26,6 +27,7 @@ from protocol import (
     check_client_config,
     trust_nobody,
 )
+from protocol.kex import RandomSource
 from transport import ConnectionLost, EventHook, KxpStream
 from transport.control import (
     FILE_CHUNK,
@@ -66,6 +68,10 @@ class ClientOptions:
     """Where the connection's bytes are recorded (``--pcap``); the caller closes it."""
     on_pcap_error: ErrorHook | None = None
     """Told once if the capture stops (the session goes on)."""
+    observe: EventHook | None = None
+    """Also told every event, frames traced (the session page), before ``open``'s hook."""
+    rng: RandomSource | None = None
+    """Where the connection draws its randomness (``--deterministic``); None: the OS."""
 
     @property
     def address(self) -> str:
@@ -83,8 +89,10 @@ class ClientOptions:
             psk=self.psk,
             trust=self.trust,
             allow_anonymous=self.allow_anonymous,
-            trace=self.explain,
+            trace=self.explain or self.observe is not None,
         )
+        if self.rng is not None:
+            cfg.rng = self.rng
         check_client_config(cfg)
         return cfg
 
@@ -115,6 +123,8 @@ class ClientSession:
     async def open(cls, options: ClientOptions, on_event: EventHook | None = None) -> ClientSession:
         """Connect and run the handshake; errors are ProtocolError or TransportError."""
         conn = ClientConnection(options.config())
+        if options.observe is not None:
+            on_event = _both(options.observe, on_event)
         stream = await KxpStream.connect(
             options.host, options.port, conn, timeout=options.timeout, on_event=on_event
         )
@@ -228,6 +238,15 @@ class ClientSession:
     def _end_capture(self) -> None:
         if self.tap is not None:
             self.tap.close()
+
+
+def _both(first: EventHook, then: EventHook | None) -> EventHook:
+    def hook(event: Event) -> None:
+        first(event)
+        if then is not None:
+            then(event)
+
+    return hook
 
 
 def _file_digest(path: Path) -> tuple[int, str]:

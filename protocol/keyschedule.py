@@ -17,6 +17,12 @@ def hkdf_extract(algorithm: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> by
     return HKDF.extract(algorithm, salt, ikm)
 
 
+def hkdf_label(label: bytes, context: bytes, length: int, prefix: bytes = LABEL_PREFIX) -> bytes:
+    """HkdfLabel: u16 length || label<7..255> with ``prefix`` || context<0..255> (§5)."""
+    full = prefix + label
+    return length.to_bytes(2, "big") + bytes((len(full),)) + full + bytes((len(context),)) + context
+
+
 def hkdf_expand_label(
     algorithm: hashes.HashAlgorithm,
     secret: bytes,
@@ -26,10 +32,8 @@ def hkdf_expand_label(
     prefix: bytes = LABEL_PREFIX,
 ) -> bytes:
     """HKDF-Expand(Secret, HkdfLabel, Length), RFC 8446 §7.1 with ``prefix`` for "tls13 "."""
-    full = prefix + label
-    hkdf_label = length.to_bytes(2, "big") + bytes((len(full),)) + full
-    hkdf_label += bytes((len(context),)) + context
-    return HKDFExpand(algorithm, length, hkdf_label).derive(secret)
+    info = hkdf_label(label, context, length, prefix)
+    return HKDFExpand(algorithm, length, info).derive(secret)
 
 
 def hmac_hash(algorithm: hashes.HashAlgorithm, key: bytes, data: bytes) -> bytes:

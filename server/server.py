@@ -37,7 +37,7 @@ from protocol import (
     alert_name,
     check_server_config,
 )
-from protocol.kex import ServerPrivateKey, available_groups
+from protocol.kex import RandomSource, ServerPrivateKey, available_groups
 from transport import ConnectionLost, KxpStream, PskProvider
 from transport.keylog import append_keylog
 
@@ -82,6 +82,10 @@ class ServerOptions:
     idle_timeout: float | None = None
     pcap: PcapWriter | None = None
     """Where every connection's bytes are recorded (``--pcap``); the caller closes it."""
+    rng: RandomSource | None = None
+    """Where every connection draws its randomness (``--deterministic``); None: the OS."""
+    trace: bool = False
+    """Trace frames to the observer even without ``explain`` (the session pages)."""
 
 
 class ServerObserver:
@@ -110,8 +114,10 @@ class KexlabServer:
             rsa_key=options.rsa_key,
             sign_key=options.sign_key,
             psk_lookup=self._lookup_psk,
-            trace=options.explain,
+            trace=options.explain or options.trace,
         )
+        if options.rng is not None:
+            self.config.rng = options.rng
         check_server_config(
             self.config
         )  # ValueError: a configuration that cannot serve what it enables

@@ -1,7 +1,7 @@
 """The house has floors: no import runs back up, no module imports itself round a circle.
 
 Bottom to top: ``protocol`` (sans-I/O, test_sans_io.py); ``keystore``, ``transport``,
-``oob``, ``capture``, ``explain``; ``server``, ``client``, ``mitm``, ``bench``; ``cli``,
+``oob``, ``capture``, ``explain``, ``webpage``; ``server``, ``client``, ``mitm``, ``bench``; ``cli``,
 the only package that knows typer. Read from the code's own import statements (AST), so
 the picture cannot drift from the code; an import for the type checker alone (under
 ``if TYPE_CHECKING:``) counts too, since a reader follows it all the same.
@@ -22,6 +22,7 @@ FLOORS: dict[str, int] = {
     "oob": 1,
     "capture": 1,
     "explain": 1,
+    "webpage": 1,
     "server": 2,
     "client": 2,
     "mitm": 2,

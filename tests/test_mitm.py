@@ -386,7 +386,9 @@ def test_tampering_is_detected(
     assert verdict.startswith("DETECTED: ")
     if who == "server":
         srv.wait_for(re.escape(f"connection failed: sent alert {expect}"))
-        assert "server sent alert" in line or "closed the connection" in line
+        # The server's alert races the client's upload: when the server closes while the
+        # client is still writing, TCP may reset the connection and drop the alert unread.
+        assert re.search(r"server sent alert|closed the connection|connection .* lost", line), line
     else:
         assert f"{who} sent alert {expect}" in verdict
         assert expect.split(" (")[0] in line
