@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rich.console import Console
 from rich.table import Table
 
+from capture.tap import CaptureFileError, close_pcap, open_pcap
 from explain.console import describe_error, out
 from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
 from mitm import MitmOptions, MitmProxy, Tally, Tamper
@@ -33,6 +34,7 @@ from .options import (
     CaOption,
     OptionalOobOption,
     PasswordFileOption,
+    PcapOption,
     ServerIdOption,
     UsernameOption,
     default_server_id,
@@ -144,6 +146,7 @@ def mitm(
     mqtt_username: UsernameOption = None,
     mqtt_password_file: PasswordFileOption = None,
     mqtt_ca: CaOption = None,
+    pcap: PcapOption = None,
     timeout: Annotated[
         float, typer.Option(min=0.01, help="Seconds for each handshake and for connecting.")
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -187,9 +190,19 @@ def mitm(
         timeout=timeout,
     )
     try:
+        options.pcap = open_pcap(pcap) if pcap is not None else None
+    except CaptureFileError as exc:
+        fail(str(exc))
+    try:
         tally = asyncio.run(_run(listen_at, options, tamper, settings, sid, psk_wait))
     except (OSError, OobError) as exc:
         fail(describe_error(exc))
+    finally:
+        if options.pcap is not None and pcap is not None:
+            try:
+                close_pcap(options.pcap, pcap)  # after the legs closed: every flow has its FINs
+            except CaptureFileError as exc:
+                fail(str(exc))
     _summary(tally)
 
 
@@ -221,7 +234,7 @@ def _tamper(
             param_hint="'--relay'",
         )
     if relay and not chosen:
-        return None  # a plain relay: shows the frames, changes nothing (Tamper None)
+        return Tamper.NONE  # a plain relay: shows the frames, changes nothing
     return chosen[0] if chosen else None
 
 
@@ -261,7 +274,7 @@ async def _run(
         out(f"listening on the broker for PSKs of server id {server_id!r}")
     proxy = MitmProxy(listen, options, out, tamper)
     host, port = await proxy.start()
-    mode = f"relaying ({tamper.value})" if tamper else "intercepting"
+    mode = f"relaying ({tamper.value})" if tamper is not None else "intercepting"
     upstream = f"{options.upstream[0]}:{options.upstream[1]}"
     out(f"mitm listening on {host}:{port}, upstream {upstream}, {mode}")
     stop = asyncio.Event()

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from capture.pcap import PcapWriter
+from capture.tap import PcapTap
 from explain.console import describe_error
 from explain.words import preview
 from protocol import (
@@ -74,6 +76,8 @@ class MitmOptions:
     forge_sas: SasForger | None = None
     """Publish each leg's SAS as if the other end had sent it (``--forge-sas``)."""
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    pcap: PcapWriter | None = None
+    """Both legs of every connection go into this capture (``--pcap``); the caller closes it."""
 
 
 @dataclass
@@ -121,6 +125,7 @@ class Interception:
         self.guessed = False
         self.records = 0
         self.rewritten = 0
+        self.taps: list[PcapTap | None] = []
 
     def say(self, text: str) -> None:
         """One line about this connection."""
@@ -220,6 +225,8 @@ class Interception:
             host, port, ClientConnection(config), timeout=self.options.timeout
         )
         self.server_leg = stream
+        self.taps.append(tap_stream(self.options.pcap, stream.writer, initiated_by_local=True))
+        stream.on_bytes = self.taps[-1].on_bytes if self.taps[-1] is not None else None
         try:
             return await stream.do_handshake(self.options.timeout)
         except BaseException:
@@ -301,6 +308,16 @@ class Interception:
         for old, new in self.options.rewrites:
             record = record.replace(old, new)
         return record
+
+
+def tap_stream(
+    pcap: PcapWriter | None, writer: object, *, initiated_by_local: bool
+) -> PcapTap | None:
+    """Record one leg in ``pcap`` (None without --pcap)."""
+    if pcap is None or pcap.closed:
+        return None
+    get = writer.get_extra_info  # type: ignore[attr-defined]
+    return PcapTap(pcap, get("sockname"), get("peername"), initiated_by_local=initiated_by_local)
 
 
 async def close_quietly(stream: KxpStream | None) -> None:

@@ -16,7 +16,7 @@ from explain.console import describe_error
 from protocol import ServerConnection
 from transport import KxpStream
 
-from .attack import Interception, MitmOptions, Report, Verdict, close_quietly
+from .attack import Interception, MitmOptions, Report, Verdict, close_quietly, tap_stream
 from .relay import Tamper, TamperingRelay
 
 LISTEN_BACKLOG = 128
@@ -99,13 +99,22 @@ class MitmProxy:
     ) -> Verdict:
         if self.tamper is not None:
             relay = TamperingRelay(
-                number, self.options.upstream, self.tamper, self.report, self.options.timeout
+                number,
+                self.options.upstream,
+                self.tamper,
+                self.report,
+                self.options.timeout,
+                self.options.pcap,
             )
             return await relay.run(reader, writer)
         conn = ServerConnection(Interception.server_config(self.options))
         stream = KxpStream(conn, reader, writer)
         interception = Interception(number, stream, self.options, self.report)
         stream.psk_provider = interception.psk_for  # every PSK identity is asked of the attacker
+        tap = tap_stream(self.options.pcap, writer, initiated_by_local=False)
+        if tap is not None:
+            stream.on_bytes = tap.on_bytes
+        interception.taps.append(tap)
         try:
             return await interception.run()
         except Exception as exc:
@@ -113,3 +122,6 @@ class MitmProxy:
         finally:
             await close_quietly(interception.server_leg)
             await close_quietly(stream)
+            for each in interception.taps:
+                if each is not None:
+                    each.close()  # no byte crosses after this: the legs are closed

@@ -25,6 +25,8 @@ import contextlib
 import enum
 from dataclasses import dataclass, field
 
+from capture.pcap import PcapWriter
+from capture.tap import PcapTap
 from protocol import (
     CipherSuite,
     FrameDecoder,
@@ -38,14 +40,15 @@ from protocol.constants import SEQ_LEN
 from protocol.frames import Frame
 from protocol.messages import Alert, ClientHello, ServerHello
 
-from .attack import Report, Verdict
+from .attack import Report, Verdict, tap_stream
 
 READ_SIZE = 65536
 
 
 class Tamper(enum.Enum):
-    """What the relay changes (``--tamper``)."""
+    """What the relay changes (NONE: nothing, it only shows the frames as they pass)."""
 
+    NONE = "none"
     FLIP = "flip"
     DROP = "drop"
     REPLAY = "replay"
@@ -57,6 +60,8 @@ class Tamper(enum.Enum):
 @dataclass
 class _Direction:
     name: str
+    taps: tuple[PcapTap | None, PcapTap | None] = (None, None)
+    """(the leg it reads from, the leg it writes to), recorded with --pcap."""
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     records: int = 0
     held: bytes | None = None
@@ -74,12 +79,14 @@ class TamperingRelay:
         tamper: Tamper,
         report: Report,
         timeout: float,
+        pcap: PcapWriter | None = None,
     ) -> None:
         self.number = number
         self.upstream = upstream
         self.tamper = tamper
         self.report = report
         self.timeout = timeout
+        self.pcap = pcap
         self.changed = ""
         self.alerts: list[str] = []
 
@@ -99,17 +106,24 @@ class TamperingRelay:
             writer.close()
             self.say(reason)
             return Verdict(False, f"FAILED: {reason}")
+        client_tap = tap_stream(self.pcap, writer, initiated_by_local=False)
+        server_tap = tap_stream(self.pcap, up_writer, initiated_by_local=True)
         legs = [
-            asyncio.create_task(self._pipe(reader, up_writer, _Direction("client → server"))),
-            asyncio.create_task(self._pipe(up_reader, writer, _Direction("server → client"))),
+            self._pipe(reader, up_writer, _Direction("client → server", (client_tap, server_tap))),
+            self._pipe(up_reader, writer, _Direction("server → client", (server_tap, client_tap))),
         ]
         await asyncio.gather(*legs, return_exceptions=True)
         for w in (writer, up_writer):
             with contextlib.suppress(Exception):
                 w.close()
+        for tap in (client_tap, server_tap):
+            if tap is not None:
+                tap.close()
         return self._verdict()
 
     def _verdict(self) -> Verdict:
+        if self.tamper is Tamper.NONE:
+            return Verdict(False, "PASSED THROUGH: relayed unchanged (no keys: nothing to read)")
         if not self.changed:
             return Verdict(False, f"PASSED THROUGH: nothing to {self.tamper.value} in this session")
         if self.alerts:
@@ -124,9 +138,14 @@ class TamperingRelay:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, way: _Direction
     ) -> None:
         try:
+            rx, tx = way.taps
             while data := await reader.read(READ_SIZE):
+                if rx is not None:
+                    rx.on_bytes("received", data)
                 out = data if way.raw else self._frames(data, way)
                 if out:
+                    if tx is not None:
+                        tx.on_bytes("sent", out)
                     writer.write(out)
                     await writer.drain()
         except (OSError, ConnectionError):

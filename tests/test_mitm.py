@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from kxp_sessions import tshark_fields
 from oob_brokers import CLIENT_USER, SERVER_USER, Mosquitto, running
 from support_net import (  # noqa: F401  (home_fixture provides the `home` fixture)
     KEXLAB,
@@ -445,3 +447,37 @@ def test_the_summary_table_counts_every_verdict() -> None:
         code, _ = mitm.stop()
     assert code == 0
     assert "connections: 1 FAILED, 1 WON" in mitm.output
+
+
+# --------------------------------------------------------------------------- both legs on the wire
+
+
+def test_both_legs_in_one_capture_each_opened_by_its_own_key(home: Path, tmp_path: Path) -> None:
+    """--pcap records both legs: the dissector names two handshakes with one client_random,
+    and each leg opens with the RSA key of the side that held it (the attacker's, the server's)."""
+    capture = tmp_path / "mitm.pcap"
+    with server() as srv, attacker(srv, "--pcap", str(capture)) as mitm:
+        code, _, err = client(mitm.address, "--kex", "rsa", "--trust", "none", "--send", "pin 0451")
+        mitm.wait_verdict()
+    assert code == 0, err
+    rows = tshark_fields(capture, ["tcp.stream", "kxp.type", "kxp.hello.random"], tmp_path / "ws")
+    hellos = [r for r in rows if r[1].split(",")[0] in ("1", "0x01", "CLIENT_HELLO")]
+    assert len({r[0] for r in hellos}) == 2, rows  # two TCP connections, a CLIENT_HELLO each
+    assert len({r[2] for r in hellos}) == 1  # with the same random: the attacker copied it
+    opened = {}
+    for name, key in (
+        ("attacker", home / "mitm" / "server-rsa.pem"),
+        ("server", home / "server-rsa.pem"),
+    ):
+        done = subprocess.run(
+            [KEXLAB, "decrypt", str(capture), "--rsa-key", str(key), "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        sessions = json.loads(done.stdout)["sessions"]
+        assert len(sessions) == 2
+        opened[name] = [s["decrypted"] for s in sessions]
+        assert any(
+            r["plaintext"] == "pin 0451" for s in sessions if s["decrypted"] for r in s["records"]
+        )
+    assert opened["attacker"] == [not x for x in opened["server"]]  # one leg each
