@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check protocol tests
 	$(BIN)/mypy --strict protocol
-	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml lab/publish.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml lab/publish.yml lab/attack.yml lab/attack-oob.yml
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck lab/compose lab/*.sh lab/bin/*
 
@@ -42,14 +42,16 @@ mutate: $(MUTATE_STAMP)
 # The docker-compose lab (lab/README.md): `make lab` builds the image from a wheelhouse
 # made here and starts the lab, `make lab-down` stops it (keys and captures stay),
 # `make lab-clean` also removes its volumes. BASE_IMAGE=... builds on another base
-# (lab/offline-base.sh makes one without a registry); PUBLISH=1 also publishes the
+# (lab/offline-base.sh makes one without a registry); ATTACK=1 adds mallory, the man in
+# the middle (lab/attack.yml), ATTACK=oob puts it on the MQTT channel too; PUBLISH=1 also publishes the
 # server's port on 127.0.0.1 (lab/publish.yml). The settings live in .env, written
 # from lab/env.example on first use: the lab runs as you, so captures/ is yours; as
 # root it runs as 1000:1000 and captures/ is handed to that user (the lab grants no
 # capability that tcpdump started as root would want).
 COMPOSE     := lab/compose
-LAB_FILES   := -f docker-compose.yml $(if $(PUBLISH),-f lab/publish.yml)
-ALL_FILES   := -f docker-compose.yml -f lab/publish.yml
+LAB_FILES   := -f docker-compose.yml $(if $(PUBLISH),-f lab/publish.yml) \
+               $(if $(ATTACK),-f lab/attack.yml) $(if $(filter oob,$(ATTACK)),-f lab/attack-oob.yml)
+ALL_FILES   := -f docker-compose.yml -f lab/publish.yml -f lab/attack.yml -f lab/attack-oob.yml
 LAB_UID     := $(shell id -u)
 LAB_GID     := $(if $(filter 0,$(LAB_UID)),1000,$(shell id -g))
 LAB_UID     := $(if $(filter 0,$(LAB_UID)),1000,$(LAB_UID))

@@ -27,7 +27,9 @@ IMAGE = "kexlab-lab:test"
 OFFLINE_BASE = "kexlab-lab-base:bookworm"  # what lab/offline-base.sh makes
 LAB_NET, OOB_NET = "10.197.77", "10.197.78"  # not the defaults: a running lab stays apart
 FILES = ("-f", str(REPO / "docker-compose.yml"))
-ALL_FILES = (*FILES, "-f", str(REPO / "lab" / "publish.yml"))
+ATTACK_FILES = (*FILES, "-f", str(REPO / "lab" / "attack.yml"))
+ATTACK_OOB_FILES = (*ATTACK_FILES, "-f", str(REPO / "lab" / "attack-oob.yml"))
+ALL_FILES = (*ATTACK_OOB_FILES, "-f", str(REPO / "lab" / "publish.yml"))
 
 # docker-compose 1.29 and Compose v2 report progress on stderr, even with -T, and 1.29
 # ends a failed `run` with the exit code on a line of its own; a client's own stderr
@@ -119,20 +121,27 @@ class Lab:
         if not services or "sniffer" in services:
             self.wait_log("sniffer", "listening on any", timeout=60)
 
-    def logs(self, service: str) -> list[str]:
+    def logs(self, service: str, files: tuple[str, ...] = FILES) -> list[str]:
         """The service's log lines (its current container), without Compose's prefix."""
-        out = self.compose("logs", "--no-color", service).stdout
+        out = self.compose("logs", "--no-color", service, files=files).stdout
         return [_LOG_PREFIX.sub("", line, count=1) for line in out.splitlines() if "|" in line]
 
-    def wait_log(self, service: str, text: str, count: int = 1, timeout: float = 30) -> list[str]:
+    def wait_log(
+        self,
+        service: str,
+        text: str,
+        count: int = 1,
+        timeout: float = 30,
+        files: tuple[str, ...] = FILES,
+    ) -> list[str]:
         """Wait until ``text`` is in ``count`` lines of the service's log; those lines."""
         deadline = time.monotonic() + timeout
         while True:
-            hits = [line for line in self.logs(service) if text in line]
+            hits = [line for line in self.logs(service, files) if text in line]
             if len(hits) >= count:
                 return hits
             if time.monotonic() > deadline:
-                log = "\n".join(self.logs(service)[-30:])
+                log = "\n".join(self.logs(service, files)[-30:])
                 pytest.fail(f"{service} never logged {text!r} ({count}x):\n{log}")
             time.sleep(0.5)
 
@@ -156,19 +165,31 @@ class Lab:
             time.sleep(0.5)
         return state
 
-    def client(self, *args: str, deps: bool = True, timeout: float = 90) -> Session:
+    def client(
+        self, *args: str, deps: bool = True, timeout: float = 90, files: tuple[str, ...] = FILES
+    ) -> Session:
         """``run --rm client kexlab client server ARGS``; the handshake's method and SAS."""
         run = ["run", "--rm", "-T"] + ([] if deps else ["--no-deps"])
         proc = self.compose(
-            *run, "client", "kexlab", "client", "server", *args, timeout=timeout, check=False
+            *run,
+            "client",
+            "kexlab",
+            "client",
+            "server",
+            *args,
+            timeout=timeout,
+            check=False,
+            files=files,
         )
         found = SAS.search(proc.stdout)
         return Session(proc, *(found.groups() if found else ("", "")))
 
-    def psk_client(self, text: str, deps: bool = True) -> Session:
+    def psk_client(self, text: str, deps: bool = True, files: tuple[str, ...] = FILES) -> Session:
         """A psk session whose key the client hands over on the lab's broker."""
         oob = ("--oob", "mqtt://broker:1883", "--server-id", "lab")
-        return self.client("--kex", "psk", *oob, "--send", text, "--timeout", "5", deps=deps)
+        return self.client(
+            "--kex", "psk", *oob, "--send", text, "--timeout", "5", deps=deps, files=files
+        )
 
     def server_saw(self, session: Session) -> bool:
         """The server logged the same method and SAS as the client."""

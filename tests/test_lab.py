@@ -24,6 +24,8 @@ from external_tools import require_tool
 from kxp_sessions import DISSECTOR, assert_no_lua_error, tshark_env
 from lab_compose import (
     ALL_FILES,
+    ATTACK_FILES,
+    ATTACK_OOB_FILES,
     LAB_NET,
     OOB_NET,
     PROJECT,
@@ -192,6 +194,61 @@ def decrypt(capture: Path, *args: str) -> dict:  # type: ignore[type-arg]
     assert proc.returncode == 0, proc.stderr
     result: dict = json.loads(proc.stdout)  # type: ignore[type-arg]
     return result
+
+
+def verdicts(log: list[str]) -> list[str]:
+    """mallory's verdict lines, WON cut to the word (the record counts vary)."""
+    found = [line.split("] ", 1)[1] for line in log if re.match(r"\[\d+\] (WON|FAILED)", line)]
+    return ["WON" if v.startswith("WON") else v for v in found]
+
+
+def test_mallory_wins_where_the_client_lets_it_and_is_caught_by_a_known_key(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """lab/attack.yml: the client's name "server" leads to mallory, its command unchanged."""
+    lab.up()
+    direct = lab.client("--kex", "dhe", "--send", "direct")  # the real key is known from here on
+    assert direct.proc.returncode == 0, direct.proc
+    lab.compose("up", "-d", "mallory", files=ATTACK_FILES, timeout=300)
+    lab.wait_log("mallory", "mitm listening on 0.0.0.0:9700", timeout=60, files=ATTACK_FILES)
+    try:
+        won = lab.client("--trust", "none", "--send", SENT["dhe"], files=ATTACK_FILES)
+        assert won.proc.returncode == 0, won.proc
+        caught = lab.client("--kex", "rsa", "--send", "x", files=ATTACK_FILES)
+        assert "possible man in the middle" in one_error_line(caught)
+        # psk: by hand it is safe; over the broker it is safe until mallory joins the channel.
+        psk_alone = lab.psk_client("x", deps=False, files=ATTACK_FILES)
+        assert "decrypt_error" in psk_alone.errors[-1]
+        assert verdicts(lab.logs("mallory", files=ATTACK_FILES)) == [
+            "WON",
+            "FAILED: client refused our key (bad_certificate)",
+            "FAILED: client refused our FINISHED: we do not hold the PSK (decrypt_error)",
+        ]
+        lab.compose("up", "-d", "mallory", files=ATTACK_OOB_FILES, timeout=300)  # a new mallory
+        lab.wait_log(
+            "mallory", "listening on the broker for PSKs", timeout=60, files=ATTACK_OOB_FILES
+        )
+        psk_read = lab.psk_client(SENT["psk"], deps=False, files=ATTACK_OOB_FILES)
+        assert psk_read.proc.returncode == 0, psk_read.proc
+        log = lab.logs("mallory", files=ATTACK_OOB_FILES)
+        assert verdicts(log) == ["WON"]
+        assert any(f'client → server "{SENT["psk"]}"' in line for line in log), log
+        assert not lab.server_saw(won)  # the server's session was mallory's, with another SAS
+        legs = sorted(lab.captures.glob("mallory-*.pcap"))
+        assert legs, "mallory wrote no capture"
+        streams = set()
+        for path in legs:
+            proc = subprocess.run(
+                [require_tool("tshark"), "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(path),
+                 "-Y", "kxp.type == 1", "-T", "fields", "-e", "tcp.stream", "-e", "ip.dst"],
+                env=tshark_env(tmp_path / "ws"), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert_no_lua_error(proc.stderr)
+            streams |= {(path.name, *line.split()) for line in proc.stdout.splitlines()}
+        destinations = {dst for _, _, dst in streams}
+        assert {f"{LAB_NET}.66", f"{LAB_NET}.5"} <= destinations  # both legs, one capture
+    finally:
+        lab.compose("rm", "-sf", "mallory", files=ATTACK_OOB_FILES, check=False)
 
 
 def test_captures_rotate_and_old_ones_go(lab: Lab, sessions: dict[str, Session]) -> None:
