@@ -25,29 +25,41 @@ def bench(
         bool, typer.Option("--quick", help="One short run per figure: under a minute.")
     ] = False,
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="Also write every figure to this JSON file."),
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Write a PNG of throughput against message size (matplotlib)."),
+        typer.Option(
+            "--plot",
+            metavar="FILE",
+            help="Write a PNG of throughput against message size (matplotlib).",
+        ),
     ] = None,
-    only: Annotated[str | None, typer.Option("--only", help=ONLY_HELP)] = None,
+    only: Annotated[str | None, typer.Option("--only", metavar="LIST", help=ONLY_HELP)] = None,
     duration: Annotated[
         float | None,
         typer.Option(
-            "--duration", min=0.05, help="Seconds per measured run (quick 0.4, full 1.5)."
+            "--duration",
+            min=0.05,
+            metavar="SECONDS",
+            help="Seconds per measured run (quick 0.4, full 1.5).",
         ),
     ] = None,
     repeats: Annotated[
         int | None,
-        typer.Option("--repeats", min=1, help="Runs per figure, best kept (quick 1, full 3)."),
+        typer.Option(
+            "--repeats", min=1, metavar="N", help="Runs per figure, best kept (quick 1, full 3)."
+        ),
     ] = None,
     connections: Annotated[
         int,
-        typer.Option("--connections", min=1, help="Idle connections for the memory figure."),
+        typer.Option(
+            "--connections", min=1, metavar="N", help="Idle connections for the memory figure."
+        ),
     ] = scenarios.IDLE_CONNECTIONS,
 ) -> None:
-    """Measure handshakes, throughput, round trips and memory of kexlab, TLS 1.3 and TCP."""
+    """Measure kexlab against TLS 1.3 and plain TCP. Handshakes, throughput, round trips, memory."""
     try:
         items = scenarios.parse_only(only)
     except ValueError as exc:

@@ -87,19 +87,25 @@ def client(
     kex: Annotated[
         str | None,
         typer.Option(
-            callback=_check_kex, help="rsa, dhe or psk. Default: dhe, or psk when --psk is given."
+            metavar="rsa|dhe|psk",
+            callback=_check_kex,
+            help="rsa, dhe or psk. Default: dhe, or psk when --psk is given.",
         ),
     ] = None,
     group: Annotated[
         str | None,
         typer.Option(
+            metavar="GROUP",
             callback=_check_group,
             help="dhe group: x25519, secp256r1, secp384r1, ffdhe2048, ffdhe3072. Default: x25519.",
             show_default=False,
         ),
     ] = None,
     suite: Annotated[
-        str, typer.Option(callback=_check_suite, help="Cipher suite: aes128 or aes256.")
+        str,
+        typer.Option(
+            metavar="aes128|aes256", callback=_check_suite, help="Cipher suite: aes128 or aes256."
+        ),
     ] = "aes256",
     psk: Annotated[
         str | None,
@@ -145,10 +151,12 @@ def client(
     pcap: PcapOption = None,
     timeout: Annotated[
         float,
-        typer.Option(min=0.01, help="Seconds for connect, handshake and each reply."),
+        typer.Option(
+            min=0.01, metavar="SECONDS", help="Seconds for connect, handshake and each reply."
+        ),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> None:
-    """Connect to a kexlab server, agree on a key, and talk over AES-GCM records."""
+    """Connect to a server, agree on a key, talk over AES-GCM records."""
     host, port = parse_address(address)
     method = parse_kex(kex) if kex is not None else (Kex.PSK if psk else Kex.DHE)
     identity, key = parse_psk(psk) if psk else ("", b"")

@@ -116,7 +116,10 @@ def render_report(console: Console, report: DecryptReport) -> None:
 
 def decrypt(
     capture: Annotated[
-        Path, typer.Argument(help="A pcap or pcapng file (tcpdump, Wireshark, --pcap).")
+        Path,
+        typer.Argument(
+            metavar="CAPTURE", help="A pcap or pcapng file (tcpdump, Wireshark, --pcap)."
+        ),
     ],
     keylog: Annotated[
         Path | None,
@@ -127,7 +130,9 @@ def decrypt(
     rsa_key: Annotated[
         Path | None,
         typer.Option(
-            "--rsa-key", help="The server's RSA private key (PEM/DER): opens rsa sessions."
+            "--rsa-key",
+            metavar="FILE",
+            help="The server's RSA private key (PEM/DER): opens rsa sessions.",
         ),
     ] = None,
     psk: Annotated[
@@ -138,7 +143,7 @@ def decrypt(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """Decrypt the KXP sessions in a capture with a key log, the RSA key or PSKs (also from MQTT)."""
+    """Decrypt recorded KXP sessions, or say why they stay sealed. Keys: a key log, the RSA key, PSKs (also found on MQTT)."""
     try:
         entries = load_keylog(keylog) if keylog is not None else None
         key = load_rsa_key(rsa_key) if rsa_key is not None else None

@@ -38,11 +38,16 @@ from oob.broker import DEFAULT_HOST, DEFAULT_PORT
 
 def broker(
     host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback unless you mean otherwise).")
+        str,
+        typer.Option(
+            metavar="ADDRESS", help="Address to listen on (loopback unless you mean otherwise)."
+        ),
     ] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="TCP port.")
+    ] = DEFAULT_PORT,
 ) -> None:
-    """Run the embedded MQTT broker (amqtt) until Ctrl-C, for machines without Mosquitto."""
+    """Run an open MQTT broker (embedded amqtt) until Ctrl-C. For machines without Mosquitto."""
     try:
         asyncio.run(_serve(host, port))
     except OobError as exc:
@@ -79,21 +84,27 @@ async def _serve(host: str, port: int) -> None:
 
 def psk_send(
     server_id: Annotated[
-        str, typer.Option("--server-id", help="The server's --server-id (its host name there).")
+        str,
+        typer.Option(
+            "--server-id", metavar="NAME", help="The server's --server-id (its host name there)."
+        ),
     ],
     oob: OobOption = DEFAULT_URL,
     identity: Annotated[
         str | None,
-        typer.Option(help="PSK identity (default: a fresh random one).", show_default=False),
+        typer.Option(
+            metavar="NAME", help="PSK identity (default: a fresh random one).", show_default=False
+        ),
     ] = None,
     ttl: Annotated[
-        float, typer.Option(min=1, help="Seconds until the server forgets the key.")
+        float,
+        typer.Option(min=1, metavar="SECONDS", help="Seconds until the server forgets the key."),
     ] = DEFAULT_TTL,
     mqtt_username: UsernameOption = None,
     mqtt_password_file: PasswordFileOption = None,
     mqtt_ca: CaOption = None,
 ) -> None:
-    """Hand a server a fresh 32-byte PSK over MQTT and print IDENTITY=HEX for the client side."""
+    """Hand a server a fresh PSK over MQTT. Prints IDENTITY=HEX, a 32-byte key, for the client side."""
     try:
         settings = mqtt_settings(oob, mqtt_username, mqtt_password_file, mqtt_ca)
         key, name = generate_psk(), identity or generate_identity()

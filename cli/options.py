@@ -64,6 +64,7 @@ ServerIdOption = Annotated[
     str | None,
     typer.Option(
         "--server-id",
+        metavar="NAME",
         help="The server's name on the broker (topics kexlab/v1/SERVER_ID/...)."
         " Default: this machine's host name (the server's default when it runs here).",
         show_default=False,
@@ -81,11 +82,14 @@ VerifySasOption = Annotated[
 ]
 UsernameOption = Annotated[
     str | None,
-    typer.Option(help="MQTT user name (or KEXLAB_MQTT_USERNAME).", show_default=False),
+    typer.Option(
+        metavar="USER", help="MQTT user name (or KEXLAB_MQTT_USERNAME).", show_default=False
+    ),
 ]
 PasswordFileOption = Annotated[
     Path | None,
     typer.Option(
+        metavar="FILE",
         help="File whose first line is the MQTT password (or KEXLAB_MQTT_PASSWORD_FILE).",
         show_default=False,
     ),
@@ -93,7 +97,9 @@ PasswordFileOption = Annotated[
 CaOption = Annotated[
     Path | None,
     typer.Option(
-        help="PEM CA file for an mqtts:// broker (or KEXLAB_MQTT_CA).", show_default=False
+        metavar="FILE",
+        help="PEM CA file for an mqtts:// broker (or KEXLAB_MQTT_CA).",
+        show_default=False,
     ),
 ]
 

@@ -62,13 +62,22 @@ def _check_psks(values: list[str] | None) -> list[str] | None:
 
 
 def server(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="Address to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="TCP port to listen on (0: any free port).")
+        int,
+        typer.Option(
+            min=0, max=65535, metavar="PORT", help="TCP port to listen on (0: any free port)."
+        ),
     ] = DEFAULT_PORT,
     kex: Annotated[
         str,
-        typer.Option(callback=_check_kex, help="Key exchange methods to enable, comma-separated."),
+        typer.Option(
+            metavar="LIST",
+            callback=_check_kex,
+            help="Key exchange methods to enable, comma-separated: rsa, dhe, psk.",
+        ),
     ] = "rsa,dhe,psk",
     rsa_key: Annotated[
         Path | None,
@@ -110,6 +119,7 @@ def server(
         float | None,
         typer.Option(
             min=0,
+            metavar="SECONDS",
             help=f"With --oob: seconds to wait for the key of a PSK identity the server does"
             f" not know yet before answering unknown_psk_identity. Default: {DEFAULT_PSK_WAIT:g}.",
             show_default=False,
@@ -122,6 +132,7 @@ def server(
     app: Annotated[
         str,
         typer.Option(
+            metavar="echo|chat",
             callback=_check_app,
             help="echo: every record comes back as is. chat: every message goes to every"
             " other client, prefixed with the sender's name.",
@@ -136,23 +147,33 @@ def server(
     explain: ExplainOption = False,
     show_secrets: ShowSecretsOption = False,
     max_connections: Annotated[
-        int, typer.Option(min=1, help="Connections served at once; more are refused.")
+        int,
+        typer.Option(min=1, metavar="N", help="Connections served at once; more are refused."),
     ] = DEFAULT_MAX_CONNECTIONS,
     handshake_timeout: Annotated[
         float,
-        typer.Option(min=0.01, help="Seconds a client has to complete its handshake."),
+        typer.Option(
+            min=0.01, metavar="SECONDS", help="Seconds a client has to complete its handshake."
+        ),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
     idle_timeout: Annotated[
         float | None,
         typer.Option(
-            min=0.01, help="Close a session silent for this many seconds (default: never)."
+            min=0.01,
+            metavar="SECONDS",
+            help="Close a session silent for this many seconds (default: never).",
         ),
     ] = None,
     log_format: Annotated[
-        str, typer.Option(callback=_check_log_format, help="text or json (one object per line).")
+        str,
+        typer.Option(
+            metavar="text|json",
+            callback=_check_log_format,
+            help="text or json (one object per line).",
+        ),
     ] = "text",
 ) -> None:
-    """Serve KXP/1: agree on a key with each client by rsa, dhe or psk, then echo or chat."""
+    """Serve KXP/1: agree on a key with each client, then echo or chat. Methods: rsa, dhe, psk."""
     if anonymous and sign_key is not None:
         raise typer.BadParameter(
             "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
