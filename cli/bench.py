@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from bench import report, runner, scenarios
 from bench.kxp import BenchError
 from bench.plan import make_plan
 from cli.errors import fail
+from cli.options import output_file
 
 ONLY_HELP = (
     "Comma list of measurements to run: "
@@ -63,10 +65,15 @@ def bench(
     try:
         items = scenarios.parse_only(only)
     except ValueError as exc:
-        fail(str(exc), code=2)
+        raise typer.BadParameter(str(exc), param_hint="'--only'") from None
+    for path, option in ((json_file, "--json"), (plot, "--plot")):
+        if path is not None:
+            _check_writable(output_file(path, option))
     if plot is not None:
         if not any(i.startswith("bulk-") for i in items):
-            fail("--plot needs at least one bulk measurement", code=2)
+            raise typer.BadParameter(
+                "needs at least one bulk measurement (--only bulk)", param_hint="'--plot'"
+            )
         try:
             report.check_plot()
         except report.PlotUnavailable as exc:
@@ -89,3 +96,12 @@ def bench(
     if plot is not None:
         report.write_plot(plot, result)
         console.print(f"plot written to {plot}")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before measuring for minutes if the result could not be written afterwards."""
+    target = path if path.exists() else path.parent
+    if not target.is_dir() and not path.exists():
+        fail(f"cannot write {path}: folder {target} does not exist")
+    if not os.access(target, os.W_OK):
+        fail(f"cannot write {path}: permission denied")

@@ -23,7 +23,6 @@ from oob import OobError
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, KEX_NAMES, METHODS, Kex, ProtocolError
 from protocol.constants import MAX_CONTENT
 from transport import TransportError
-from transport.keylog import append_keylog
 
 from .errors import fail, single_command_app
 from .options import (
@@ -37,9 +36,12 @@ from .options import (
     ShowSecretsOption,
     UsernameOption,
     VerifySasOption,
+    check_keylog,
     default_server_id,
+    input_file,
     mqtt_options_need_oob,
     mqtt_settings,
+    output_file,
 )
 from .parsing import parse_address, parse_group, parse_kex, parse_psk, parse_suite
 
@@ -162,7 +164,7 @@ def client(
     identity, key = parse_psk(psk) if psk else ("", b"")
     _check_combination(method, psk, oob, group, trust)
     if send_file is not None:
-        _check_readable(send_file)
+        input_file(send_file, "--send-file")
     for text in send or []:
         if len(text.encode("utf-8")) > MAX_CONTENT:
             raise typer.BadParameter(
@@ -211,7 +213,9 @@ def client(
     except ValueError as exc:
         fail(str(exc))
     if keylog is not None:
-        _check_keylog(keylog)
+        check_keylog(output_file(keylog, "--keylog"))
+    if pcap is not None:
+        output_file(pcap, "--pcap")
     # No stdin at all (started with stdin closed): nothing to read, like an empty pipe.
     interactive = not send and send_file is None and sys.stdin is not None and sys.stdin.isatty()
     try:
@@ -266,27 +270,6 @@ def _check_combination(
             " the pre-shared key itself authenticates the server",
             param_hint="'--trust'",
         )
-
-
-def _check_readable(path: Path) -> None:
-    """A usage error, before connecting, for a --send-file that cannot be read."""
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else None
-        raise typer.BadParameter(f"{path}: {what or 'no such file'}", param_hint="'--send-file'")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise typer.BadParameter(f"{path}: {reason}", param_hint="'--send-file'") from None
-
-
-def _check_keylog(path: Path) -> None:
-    """Fail before connecting if the key log cannot be written (it would fail after the handshake)."""
-    try:
-        append_keylog(path, "")  # creates it mode 0600, as the real write would
-    except OSError as exc:
-        fail(f"cannot write the key log {path}: {(exc.strerror or str(exc)).lower()}")
 
 
 def client_oob(

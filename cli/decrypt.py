@@ -21,10 +21,11 @@ from capture.decrypt import (
     decrypt_capture,
     load_keylog,
     load_rsa_key,
-    parse_psk,
     report_to_json,
 )
 from cli.errors import fail
+from cli.options import input_file
+from cli.parsing import parse_psk
 
 PREVIEW_CHARS = 60
 
@@ -114,6 +115,12 @@ def render_report(console: Console, report: DecryptReport) -> None:
         console.print(session_table(i, session))
 
 
+def _check_psks(values: list[str] | None) -> list[str] | None:
+    for spec in values or []:
+        parse_psk(spec)
+    return values
+
+
 def decrypt(
     capture: Annotated[
         Path,
@@ -138,16 +145,23 @@ def decrypt(
     psk: Annotated[
         list[str] | None,
         typer.Option(
-            "--psk", metavar="IDENTITY=HEX", help="A pre-shared key as IDENTITY=HEX (repeatable)."
+            "--psk",
+            metavar="IDENTITY=HEX",
+            callback=_check_psks,
+            help="A pre-shared key as IDENTITY=HEX (repeatable).",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Decrypt recorded KXP sessions, or say why they stay sealed. Keys: a key log, the RSA key, PSKs (also found on MQTT)."""
+    input_file(capture, "CAPTURE")
+    for path, option in ((keylog, "--keylog"), (rsa_key, "--rsa-key")):
+        if path is not None:
+            input_file(path, option)
+    psks = dict(parse_psk(item) for item in psk or [])
     try:
         entries = load_keylog(keylog) if keylog is not None else None
         key = load_rsa_key(rsa_key) if rsa_key is not None else None
-        psks = dict(parse_psk(item) for item in psk or [])
         report = decrypt_capture(capture, keylog=entries, rsa_key=key, psks=psks)
     except (InputError, CaptureError) as exc:
         fail(str(exc))

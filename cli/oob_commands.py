@@ -19,7 +19,14 @@ from typing import Annotated
 import typer
 
 from cli.errors import fail
-from cli.options import CaOption, OobOption, PasswordFileOption, UsernameOption, mqtt_settings
+from cli.options import (
+    CaOption,
+    OobOption,
+    PasswordFileOption,
+    UsernameOption,
+    check_server_id_option,
+    mqtt_settings,
+)
 from explain.console import error_line
 from oob import (
     DEFAULT_TTL,
@@ -82,18 +89,34 @@ async def _serve(host: str, port: int) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _check_identity(value: str | None) -> str | None:
+    """``--identity``: one the client can paste back as IDENTITY=HEX (usage error otherwise)."""
+    if value is not None:
+        try:
+            format_shared_psk(value, b"")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def psk_send(
     server_id: Annotated[
         str,
         typer.Option(
-            "--server-id", metavar="NAME", help="The server's --server-id (its host name there)."
+            "--server-id",
+            metavar="NAME",
+            callback=check_server_id_option,
+            help="The server's --server-id (its host name there).",
         ),
     ],
     oob: OobOption = DEFAULT_URL,
     identity: Annotated[
         str | None,
         typer.Option(
-            metavar="NAME", help="PSK identity (default: a fresh random one).", show_default=False
+            metavar="NAME",
+            callback=_check_identity,
+            help="PSK identity (default: a fresh random one).",
+            show_default=False,
         ),
     ] = None,
     ttl: Annotated[
@@ -105,10 +128,9 @@ def psk_send(
     mqtt_ca: CaOption = None,
 ) -> None:
     """Hand a server a fresh PSK over MQTT. Prints IDENTITY=HEX, a 32-byte key, for the client side."""
+    settings = mqtt_settings(oob, mqtt_username, mqtt_password_file, mqtt_ca)
+    key, name = generate_psk(), identity or generate_identity()
     try:
-        settings = mqtt_settings(oob, mqtt_username, mqtt_password_file, mqtt_ca)
-        key, name = generate_psk(), identity or generate_identity()
-        format_shared_psk(name, key)  # refuse an identity the other side cannot paste
         publication = asyncio.run(publish_psk(settings, server_id, name, key, ttl))
     except (OobError, ValueError) as exc:
         fail(str(exc))

@@ -11,7 +11,7 @@ import typer
 from capture.tap import CaptureFileError, close_pcap, open_pcap
 from explain.console import describe_error
 from keystore import KeyFileError, data_dir
-from oob import DEFAULT_PSK_WAIT, OobError
+from oob import DEFAULT_PSK_WAIT
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
 from server.apps import APPS
 from server.log import ServerLog
@@ -31,9 +31,12 @@ from .options import (
     ShowSecretsOption,
     UsernameOption,
     VerifySasOption,
+    check_keylog,
     default_server_id,
+    input_file,
     mqtt_options_need_oob,
     mqtt_settings,
+    output_file,
 )
 from .parsing import parse_kex_list, parse_psk
 
@@ -178,6 +181,15 @@ def server(
         raise typer.BadParameter(
             "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
         )
+    for path, option in ((rsa_key, "--rsa-key"), (sign_key, "--sign-key")):
+        if path is not None:
+            input_file(path, option)
+    if inbox is not None and inbox.exists() and not inbox.is_dir():
+        raise typer.BadParameter(f"{inbox}: not a directory", param_hint="'--inbox'")
+    if keylog is not None:
+        check_keylog(output_file(keylog, "--keylog"))
+    if pcap is not None:
+        output_file(pcap, "--pcap")
     mqtt = _mqtt(
         oob,
         server_id,
@@ -254,10 +266,7 @@ def _mqtt(
             param_hint="'--psk-wait'",
         )
     sid = default_server_id(server_id)
-    try:
-        settings = mqtt_settings(oob, username, password_file, ca_file)
-    except OobError as exc:
-        fail(str(exc))
+    settings = mqtt_settings(oob, username, password_file, ca_file)
     return ServerOob(settings, sid, psk_wait=wait, verify_sas=verify_sas is not None)
 
 

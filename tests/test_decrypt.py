@@ -697,15 +697,12 @@ def test_input_loaders(tmp_path: Path, keys: LabKeys) -> None:
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        (None, ["missing.pcap"], "cannot read"),
         (b"", ["x.pcap"], "empty file"),
         (b"this is not a capture at all", ["x.pcap"], "not a pcap or pcapng"),
         (bytes.fromhex("d4c3b2a1") + b"\x02", ["x.pcap"], "damaged capture header"),
         (bytes.fromhex("0a0d0d0a") + b"\x00" * 8, ["x.pcap"], "damaged capture header"),
-        ("lab", ["x.pcap", "--keylog", "nope.log"], "cannot read key log"),
         ("lab", ["x.pcap", "--rsa-key", "x.pcap"], "not a private key"),
-        ("lab", ["x.pcap", "--psk", "nohex=xyz"], "not hex"),
-        ("lab", ["x.pcap", "--psk", "short=abcd"], "at least 16 bytes"),
+        # Missing files and malformed --psk are usage mistakes: tests/test_cli_usage.py.
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(
