@@ -9,6 +9,38 @@ from rich.console import Console
 from protocol import KexlabError
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would obey shown as an escape instead.
+
+    Control characters (ESC, CR, BEL, ...), invisible format characters (bidi overrides)
+    and line separators become ``\\x1b``-style escapes; so do the bytes that were not
+    UTF-8 (decoded with ``surrogateescape``): ``\\xff``. Printable text, accents and
+    all, is kept as it is.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def printable_bytes(data: bytes) -> str:
+    """Bytes from a peer as text: UTF-8 where they are, ``\\xNN`` for every other byte."""
+    return printable(data.decode("utf-8", "surrogateescape"))
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(ch: str) -> str:
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def out(text: str) -> None:
     """One plain line on stdout, flushed (scripts and tests read it as it comes)."""
     print(text, flush=True)
