@@ -1,12 +1,14 @@
 """``kexlab client HOST[:PORT]`` (and ``python -m client``): one session from the terminal.
 
 Modes, in this order: ``--send`` messages and/or ``--send-file``; else lines from stdin
-when it is not a terminal; else an interactive prompt.
+when it is not a terminal; else an interactive prompt. Piped lines and typed lines obey
+the same commands (/rekey, /sas, /quit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -137,7 +139,12 @@ def client(
     mqtt_ca: CaOption = None,
     send: Annotated[
         list[str] | None,
-        typer.Option(metavar="TEXT", help="Send TEXT, print the echo (repeatable); then exit."),
+        typer.Option(
+            metavar="TEXT",
+            help="Send TEXT, print what comes back as 'echo: ...' (repeatable); then exit."
+            " Without --send, lines piped to stdin are sent the same way, and the lines"
+            " /rekey, /sas and /quit are commands there, as at the prompt.",
+        ),
     ] = None,
     send_file: Annotated[
         Path | None,
@@ -165,8 +172,11 @@ def client(
     _check_combination(method, psk, oob, group, trust)
     if send_file is not None:
         input_file(send_file, "--send-file")
-    for text in send or []:
-        if len(text.encode("utf-8")) > MAX_CONTENT:
+    # The bytes as typed: os.fsencode undoes Python's decoding of argv, so a message that is
+    # not UTF-8 is sent as it is (it was an internal error).
+    messages = [os.fsencode(text) for text in send or []]
+    for message in messages:
+        if len(message) > MAX_CONTENT:
             raise typer.BadParameter(
                 f"a message is at most {MAX_CONTENT} bytes (use --send-file)",
                 param_hint="'--send'",
@@ -226,14 +236,13 @@ def client(
     progress = RunProgress()
     try:
         asyncio.run(
-            run(options, policy, send or [], send_file, show_secrets, interactive, mqtt, progress)
+            run(options, policy, messages, send_file, show_secrets, interactive, mqtt, progress)
         )
     except KeyboardInterrupt:
-        fail(
-            "interrupted (Ctrl-C): session closed with close_notify"
-            if progress.connected
-            else "interrupted (Ctrl-C) before the handshake completed"
-        )
+        if not progress.connected:
+            fail("interrupted (Ctrl-C) before the handshake completed")
+        # What the user asked for, done cleanly: not an error (exit 0).
+        error_line("closed (Ctrl-C): the session ended with close_notify")
     except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
         fail(describe_failure(exc, options))
     except OobError as exc:
