@@ -45,7 +45,14 @@ from .options import (
     mqtt_settings,
     output_file,
 )
-from .parsing import parse_address, parse_group, parse_kex, parse_psk, parse_suite
+from .parsing import (
+    address_note,
+    parse_address,
+    parse_group,
+    parse_kex,
+    parse_psk,
+    parse_suite,
+)
 
 DEFAULT_GROUP = "x25519"
 DEFAULT_TRUST = "tofu"
@@ -85,7 +92,8 @@ def client(
         typer.Argument(
             metavar="HOST[:PORT]",
             callback=_check_address,
-            help="The server (port 9700 unless given; IPv6 as [::1]:9700).",
+            help="The server: 127.0.0.1, 127.0.0.1:9701, localhost:9701, ::1 or [::1]:9701"
+            " (port 9700 unless given; an IPv6 address with a port needs the brackets).",
         ),
     ],
     kex: Annotated[
@@ -228,6 +236,9 @@ def client(
         output_file(pcap, "--pcap")
     # No stdin at all (started with stdin closed): nothing to read, like an empty pipe.
     interactive = not send and send_file is None and sys.stdin is not None and sys.stdin.isatty()
+    note = address_note(address)
+    if note is not None:  # which form of HOST[:PORT] was understood, where it could be either
+        error_line(note)
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
     except CaptureFileError as exc:

@@ -12,7 +12,7 @@ from capture.tap import CaptureFileError, close_pcap, open_pcap
 from explain.console import describe_error
 from keystore import KeyFileError, data_dir
 from oob import DEFAULT_PSK_WAIT
-from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
+from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT, KexlabError
 from server.apps import APPS
 from server.log import ServerLog
 from server.oob import ServerOob
@@ -38,7 +38,7 @@ from .options import (
     mqtt_settings,
     output_file,
 )
-from .parsing import parse_kex_list, parse_psk
+from .parsing import parse_kex_list, parse_listen_host, parse_psk
 
 
 def _check_app(value: str) -> str:
@@ -66,7 +66,13 @@ def _check_psks(values: list[str] | None) -> list[str] | None:
 
 def server(
     host: Annotated[
-        str, typer.Option(metavar="ADDRESS", help="Address to listen on.")
+        str,
+        typer.Option(
+            metavar="ADDRESS",
+            callback=parse_listen_host,
+            help="Address to listen on: 127.0.0.1 (loopback), ::1 (IPv6 loopback), localhost"
+            " (both), or an address of this machine.",
+        ),
     ] = "127.0.0.1",
     port: Annotated[
         int,
@@ -222,7 +228,7 @@ def server(
         log.emit("capture", path=str(pcap))
     try:
         asyncio.run(serve(options, log, mqtt))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, KexlabError) as exc:
         fail(describe_error(exc))
     finally:
         if options.pcap is not None and pcap is not None:

@@ -38,7 +38,8 @@ from explain.explainer import Explainer
 from explain.render import render_summary_line
 from keystore import TrustPolicy
 from protocol import AlertCode, Kex, PeerAlert, ProtocolError
-from protocol.constants import MAX_CONTENT
+from protocol.constants import DEFAULT_PORT, MAX_CONTENT
+from transport import ConnectionLost
 from transport.control import decode_control, is_control
 
 from .oob import ClientOob
@@ -73,7 +74,24 @@ def describe_failure(exc: BaseException, options: ClientOptions) -> str:
             )
         if exc.reason.startswith("bad magic"):
             return f"{options.address} does not speak KXP/1: {exc.reason} ({sent})"
-    return describe_error(exc, peer="server")
+    line = describe_error(exc, peer="server")
+    if isinstance(exc, ConnectionLost):
+        # The pump names the address as host:port; an IPv6 host needs brackets to be read.
+        plain = f"cannot connect to {options.host}:{options.port}"
+        if line.startswith(plain):
+            line = f"cannot connect to {options.address}" + line[len(plain) :]
+            if line.endswith("connection refused"):
+                line += f"; {_refused_hint(options)}"
+    return line
+
+
+def _refused_hint(options: ClientOptions) -> str:
+    """What a refused connection most often means in the lab."""
+    if ":" in options.host:
+        return "kexlab server listens on 127.0.0.1 only, unless started with --host ::1"
+    if options.port != DEFAULT_PORT:
+        return f"is a kexlab server running with --port {options.port}?"
+    return "is a kexlab server running? (kexlab server: 127.0.0.1:9700 by default)"
 
 
 async def run(

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import errno
 import math
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
 from oob.payloads import psk_filter
-from protocol import KEX_NAMES, METHODS, Kex
+from protocol import KEX_NAMES, METHODS, Kex, KexlabError
 from protocol.kex import ServerPrivateKey
 
 from .log import ServerLog
@@ -77,8 +79,11 @@ async def serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None =
     if mqtt is not None:
         mqtt.attach(options)
     srv = KexlabServer(options, log)
-    host, port = await srv.start()
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        host, port = await srv.start()
+    except OSError as exc:
+        raise listen_error(options.host, options.port, exc) from None
+    shown = _address(host, port)
     methods = ",".join(KEX_NAMES[k] for k in sorted(options.kex_methods))
     log.emit(
         "listening",
@@ -107,6 +112,37 @@ async def serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None =
         if mqtt is not None:
             await mqtt.stop()
     log.emit("stopped", connections_closed=len(srv.streams) == 0)
+
+
+class ListenError(KexlabError):
+    """The server cannot listen where it was told to: one line with the address and the fix."""
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another program holds that port (a kexlab server already running?):"
+    " stop it, or choose another port with --port (--port 0 picks a free one)",
+    errno.EADDRNOTAVAIL: "--host must be an address of this machine (127.0.0.1, ::1, or an"
+    " address of one of its interfaces)",
+    errno.EACCES: "ports below 1024 need root: choose another with --port (default 9700)",
+}
+_NAME_HINT = "--host takes an address of this machine (127.0.0.1, ::1) or a name for one"
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ListenError:
+    """``cannot listen on HOST:PORT: why; what to do`` (asyncio's own text names a tuple)."""
+    if isinstance(exc, socket.gaierror):
+        reason, hint = (exc.strerror or str(exc)).lower(), _NAME_HINT
+    else:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        hint = _LISTEN_HINTS.get(exc.errno or 0, "")
+    return ListenError(
+        f"cannot listen on {_address(host, port)}: {reason}" + (f"; {hint}" if hint else "")
+    )
+
+
+def _address(host: str, port: int) -> str:
+    """host:port, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

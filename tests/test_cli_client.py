@@ -295,7 +295,10 @@ def test_connection_refused() -> None:
     port = free_port()
     result = invoke(f"127.0.0.1:{port}", "--send", "x")
     assert result.exit_code == 1
-    assert error_of(result) == f"error: cannot connect to 127.0.0.1:{port}: connection refused"
+    assert error_of(result) == (
+        f"error: cannot connect to 127.0.0.1:{port}: connection refused;"
+        f" is a kexlab server running with --port {port}?"
+    )
 
 
 def test_timeout_against_a_silent_server() -> None:
