@@ -101,6 +101,12 @@ def test_a_password_file_from_the_environment_is_checked_too() -> None:
         (["bench", "--plot", "x.png", "--only", "pingpong"], "'--plot': needs at least one bulk"),
         (["bench", "--json", "/", "--only", "pingpong"], "'--json': /: a directory"),
         (["keygen", "--type", "dsa", "-o", "k.pem"], "'dsa' is not one of rsa, ed25519"),
+        # issue 12 item 18: the list of policies left out mqtt
+        (
+            ["client", "h", "--trust", "tofo"],
+            "'--trust': unknown trust policy 'tofo': use tofu, none, pin:SHA256HEX, pin:FILE"
+            " or mqtt (with --oob)",
+        ),
         (["broker", "--port", "70000"], "'--port'"),
     ],
 )
