@@ -43,7 +43,10 @@ def annotate_secrets(
         rows.append(Row(SECRET_OFFSET, "shared_secret", shared_secret, source))
     rows.append(
         Row(
-            SECRET_OFFSET, "master", s.master, f"HKDF-Extract-{suite_hash}(0^HashLen, shared_secret)"
+            SECRET_OFFSET,
+            "master",
+            s.master,
+            f"HKDF-Extract-{suite_hash}(0^HashLen, shared_secret)",
         )
     )
     for name, label, value in (

@@ -21,7 +21,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
+from keystore import (
+    KeyFileError,
+    data_dir,
+    ensure_server_keys,
+    fingerprint,
+    load_private_key,
+    long_fingerprint,
+)
 from oob.payloads import psk_filter
 from protocol import KEX_NAMES, METHODS, Kex, KexlabError
 from protocol.kex import ServerPrivateKey
@@ -41,7 +48,11 @@ def server_options(
     log: ServerLog,
     inbox: Path,
 ) -> ServerOptions:
-    """Load or create the keys the enabled methods need."""
+    """Load or create the keys the enabled methods need; log each as ``fingerprint=SHA256:...``.
+
+    The form the client prints (``first use: recorded server key SHA256:...``, and the
+    summary lines of both sides), so that a student can compare them by eye.
+    """
     rsa_key: rsa.RSAPrivateKey | None = None
     transport = any(METHODS[k].server_key_role == "transport" for k in methods)
     signs = any(METHODS[k].server_signs for k in methods) and not anonymous
@@ -51,18 +62,34 @@ def server_options(
         if not isinstance(key, rsa.RSAPrivateKey):
             raise KeyFileError(f"{rsa_path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
         rsa_key = key
-        log.emit("key", role="rsa", sha256=fingerprint(key), path=str(rsa_path))
+        log.emit(
+            "key", role="rsa", fingerprint=long_fingerprint(fingerprint(key)), path=str(rsa_path)
+        )
     elif needs_rsa:
         keys = ensure_server_keys(data_dir())
         rsa_key = keys.rsa_key
         if keys.created:
-            log.emit("key-created", path=str(keys.rsa_path), sha256=keys.fingerprint)
-        log.emit("key", role="rsa", sha256=keys.fingerprint, path=str(keys.rsa_path))
+            log.emit(
+                "key-created",
+                path=str(keys.rsa_path),
+                fingerprint=long_fingerprint(keys.fingerprint),
+            )
+        log.emit(
+            "key",
+            role="rsa",
+            fingerprint=long_fingerprint(keys.fingerprint),
+            path=str(keys.rsa_path),
+        )
     sign_key: ServerPrivateKey | None = None
     if signs:
         if sign_path is not None:
             sign_key = load_private_key(sign_path)
-            log.emit("key", role="sign", sha256=fingerprint(sign_key), path=str(sign_path))
+            log.emit(
+                "key",
+                role="sign",
+                fingerprint=long_fingerprint(fingerprint(sign_key)),
+                path=str(sign_path),
+            )
         else:
             sign_key = rsa_key
     return ServerOptions(

@@ -287,7 +287,7 @@ def test_an_openssl_genpkey_key_serves_as_rsa_key(home: Path, tmp_path: Path) ->
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines()[-1] == "echo: openssl"
         srv.stop()
-    assert f"sha256={openssl_fp}" in "\n".join(srv.lines)
+    assert f"SHA256:{openssl_fp}" in "\n".join(srv.lines)
 
 
 def test_key_log_matches_section_9_and_the_connections_secrets(home: Path, tmp_path: Path) -> None:
