@@ -108,3 +108,18 @@ def test_send_marks_what_came_back(srv: ThreadServer) -> None:
     result = runner.invoke(app, ["client", srv.address, "--send", "hello"])
     assert result.exit_code == 0, result.output
     assert _lines(result.stdout) == ["echo: hello"]
+
+
+# --------------------------------------------------------------------------- item 21: labels
+
+
+def test_show_secrets_names_each_direction(srv: ThreadServer) -> None:
+    # Was: "AES-GCM key of client → peer records".
+    result = runner.invoke(
+        app, ["client", srv.address, "--show-secrets", "--send", "x"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "AES-GCM key of the client → server records" in text
+    assert "AES-GCM key of the server → client records" in text
+    assert "peer records" not in text
