@@ -52,6 +52,7 @@ from .parsing import (
     parse_kex,
     parse_psk,
     parse_suite,
+    psk_notes,
 )
 
 DEFAULT_GROUP = "x25519"
@@ -124,7 +125,8 @@ def client(
         typer.Option(
             metavar="IDENTITY=HEX",
             callback=_check_psk,
-            help="The pre-shared key, as handed over out of band.",
+            help="The pre-shared key, as handed over out of band; the key in hex, or in"
+            " base64 as the MQTT channel carries it.",
         ),
     ] = None,
     trust: Annotated[
@@ -236,9 +238,10 @@ def client(
         output_file(pcap, "--pcap")
     # No stdin at all (started with stdin closed): nothing to read, like an empty pipe.
     interactive = not send and send_file is None and sys.stdin is not None and sys.stdin.isatty()
-    note = address_note(address)
-    if note is not None:  # which form of HOST[:PORT] was understood, where it could be either
-        error_line(note)
+    notes = [address_note(address), *psk_notes([psk] if psk else [])]
+    for note in notes:  # which form was understood, where it could be either
+        if note is not None:
+            error_line(note)
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
     except CaptureFileError as exc:

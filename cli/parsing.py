@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from keystore import parse_psk_spec
+from keystore import parse_psk_spec, psk_note, read_psk_spec
 from protocol import GROUP_NAMES, KEX_NAMES, SUITE_NAMES, CipherSuite, Group, Kex
 from protocol.constants import DEFAULT_PORT
 
@@ -62,11 +62,17 @@ def parse_group(value: str) -> Group:
 
 
 def parse_psk(spec: str) -> tuple[str, bytes]:
-    """``IDENTITY=HEX``: a §3 identity and a key of at least 16 bytes."""
+    """``IDENTITY=HEX`` (or base64): a §3 identity and a key of at least 16 bytes."""
     try:
         return parse_psk_spec(spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def psk_notes(specs: Sequence[str]) -> list[str]:
+    """One line per ``--psk`` whose key was read as base64, to say so (after parse_psk)."""
+    notes = (psk_note(read_psk_spec(spec)) for spec in specs)
+    return [note for note in notes if note is not None]
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from capture.tap import CaptureFileError, close_pcap, open_pcap
-from explain.console import describe_error
+from explain.console import describe_error, error_line
 from keystore import KeyFileError, data_dir
 from oob import DEFAULT_PSK_WAIT
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT, KexlabError
@@ -38,7 +38,7 @@ from .options import (
     mqtt_settings,
     output_file,
 )
-from .parsing import parse_kex_list, parse_listen_host, parse_psk
+from .parsing import parse_kex_list, parse_listen_host, parse_psk, psk_notes
 
 
 def _check_app(value: str) -> str:
@@ -119,7 +119,8 @@ def server(
             "--psk",
             metavar="IDENTITY=HEX",
             callback=_check_psks,
-            help="A pre-shared key handed over out of band (repeatable).",
+            help="A pre-shared key handed over out of band; the key in hex, or in base64 as"
+            " the MQTT channel carries it (repeatable).",
         ),
     ] = None,
     oob: OptionalOobOption = None,
@@ -216,6 +217,8 @@ def server(
         fail(describe_error(exc))
     options.host, options.port = host, port
     options.psks = dict(parse_psk(spec) for spec in psk or [])
+    for note in psk_notes(psk or []):
+        error_line(note)
     options.app, options.keylog, options.explain = app, keylog, explain
     options.max_connections = max_connections
     options.handshake_timeout = handshake_timeout
