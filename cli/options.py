@@ -70,7 +70,8 @@ KeylogOption = Annotated[
     typer.Option(
         metavar="FILE",
         envvar="KEXLAB_KEYLOGFILE",
-        help="Append each session's traffic secrets (NSS key log style) to FILE.",
+        help="Append each session's traffic secrets (NSS key log style) to FILE: earlier"
+        " sessions stay in it; a new FILE is created mode 0600.",
     ),
 ]
 PcapOption = Annotated[
@@ -78,7 +79,8 @@ PcapOption = Annotated[
     typer.Option(
         "--pcap",
         metavar="FILE",
-        help="Write what crosses the connection(s) to FILE as a pcap (no root needed).",
+        help="Write what crosses the connection(s) to FILE as a pcap (no root needed)."
+        " FILE is replaced on each run, as tcpdump -w does; --keylog appends.",
     ),
 ]
 

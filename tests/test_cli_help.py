@@ -70,3 +70,12 @@ def test_the_command_list_shows_whole_sentences() -> None:
 def test_an_argument_is_shown_by_what_to_type() -> None:
     result = runner.invoke(app, ["client", "--help"], env={"COLUMNS": "80"})
     assert re.search(r"^\s+HOST\[:PORT\]\s+The server", result.stdout, re.MULTILINE)
+
+
+def test_pcap_and_keylog_say_what_happens_to_an_existing_file() -> None:
+    # Issue 12 item 23: --pcap replaced the file while --keylog appended, and nothing said so.
+    for command in (["client"], ["server"]):
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        text = " ".join(result.stdout.split())
+        assert "FILE is replaced on each run, as tcpdump -w does; --keylog appends." in text
+        assert "earlier sessions stay in it; a new FILE is created mode 0600." in text
