@@ -10,6 +10,7 @@ from cli.decrypt import decrypt
 from cli.demo import demo
 from cli.errors import HELP_MARKUP, KexlabCommand, KexlabGroup
 from cli.keygen import keygen
+from cli.local_lab import local_lab
 from cli.oob_commands import broker, psk_send
 from cli.server_command import server
 
@@ -29,6 +30,7 @@ app.command("demo", cls=KexlabCommand)(demo)
 app.command("decrypt", cls=KexlabCommand)(decrypt)
 app.command("bench", cls=KexlabCommand)(bench)
 app.command("broker", cls=KexlabCommand)(broker)
+app.command("local-lab", cls=KexlabCommand)(local_lab)
 
 psk_app = typer.Typer(
     help="Hand PSKs over out of band.", no_args_is_help=True, rich_markup_mode=HELP_MARKUP

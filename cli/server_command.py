@@ -183,7 +183,7 @@ def server(
         ),
     ] = "text",
 ) -> None:
-    """Serve KXP/1: agree on a key with each client, then echo or chat. Methods: rsa, dhe, psk."""
+    """Serve KXP/1: agree on a key with each client, then echo. Methods: rsa, dhe, psk; --app chat relays."""
     if anonymous and sign_key is not None:
         raise typer.BadParameter(
             "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"

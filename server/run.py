@@ -215,7 +215,8 @@ def _announce(mqtt: ServerOob, options: ServerOptions, address: str, log: Server
         broker=mqtt.settings.describe(),
         server_id=mqtt.server_id,
         subscribe=psk_filter(mqtt.server_id),
-        fingerprint=f"{announced[0]}:{announced[1]}" if announced else "-",
+        announces=f"{announced[0]} key" if announced else "no key",
+        fingerprint=long_fingerprint(announced[1]) if announced else "-",
         psk_wait=mqtt.psk_wait,
         verify_sas=mqtt.verify_sas,
     )

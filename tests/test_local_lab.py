@@ -1,0 +1,150 @@
+"""`kexlab local-lab`: the out-of-band lab on one machine, without Docker (issue 12 wish list).
+
+One process runs a real broker, a real eavesdropper (mosquitto_sub), a real server and
+the client script, labels every line with who printed it, and stops all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from oob_brokers import free_port, require_mosquitto
+from support_net import KEXLAB
+
+from cli.local_lab import Lab, tmux_commands
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], int, int]:
+    require_mosquitto()
+    if shutil.which("mosquitto_sub") is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto_sub is installed by .ci/run")
+        pytest.skip("mosquitto_sub (mosquitto-clients) is not installed")
+    folder = tmp_path_factory.mktemp("local-lab")
+    port, broker_port = free_port(), free_port()
+    result = subprocess.run(
+        [KEXLAB, "local-lab", "--once", "--port", str(port), "--broker-port", str(broker_port),
+         "--dir", str(folder)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "120"},
+    )  # fmt: skip
+    return result, port, broker_port
+
+
+def lines(result: subprocess.CompletedProcess[str], label: str) -> list[str]:
+    return [
+        line.split(" | ", 1)[1]
+        for line in result.stdout.splitlines()
+        if line.startswith(f"{label:<6} | ")
+    ]
+
+
+def test_every_line_says_who_printed_it(run) -> None:  # type: ignore[no-untyped-def]
+    result, _port, _broker = run
+    assert result.returncode == 0, result.stdout + result.stderr
+    labels = {line.split(" | ", 1)[0].strip() for line in result.stdout.splitlines()}
+    assert labels == {"lab", "broker", "eve", "server", "client"}, labels
+
+
+def test_the_script_shows_the_key_go_by_and_be_used(run) -> None:  # type: ignore[no-untyped-def]
+    result, port, _broker = run
+    eve = lines(result, "eve")
+    leak = [line for line in eve if re.match(r"kexlab/v1/lab/psk/psk-[0-9a-f]{16} \{", line)]
+    assert len(leak) == 1, eve  # the PSK in the clear on the open broker
+    client = lines(result, "client")
+    assert "echo: the vault code is 0451" in client
+    assert "echo: meet me at 9" in client
+    assert any(line.startswith("pinned server key SHA256:") for line in client)
+    server = lines(result, "server")
+    assert f"listening: address=127.0.0.1:{port}" in " ".join(server)
+    assert "stopped: connections_closed=True" in server
+    # No stranger's connection: the lab waits for each program's word, it does not probe.
+    assert not [line for line in server if "connection failed" in line], server
+    # What eve does with it: the recorded psk session opens with the key she read.
+    text = "\n".join(eve)
+    assert re.search(r"decrypted with PSK 'psk-[0-9a-f]{16}' from --psk", text)
+    assert "the vault code is 0451" in text.split("session 2")[0]
+    assert "not decrypted, forward secret" in text  # the dhe session stays sealed
+
+
+def test_nothing_outlives_the_lab(run) -> None:  # type: ignore[no-untyped-def]
+    _result, port, broker_port = run
+    assert _port_free(port) and _port_free(broker_port)
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [KEXLAB, "local-lab", "--once", "--port", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr == f"error: port {port} is in use on 127.0.0.1: choose another with --port\n"
+    )
+
+
+def test_without_mosquitto_the_embedded_broker_stands_in(tmp_path: Path) -> None:
+    lab = Lab(tmp_path, 9700, 1883)
+    lab.mosquitto = None
+    assert lab.broker() == [sys.executable, "-m", "cli.main", "broker", "--port", "1883"]
+
+
+def test_tmux_layout(tmp_path: Path) -> None:
+    lab = Lab(tmp_path, 9700, 1883)
+    commands = tmux_commands(lab, "kexlab-lab-9700")
+    assert commands[0][:5] == ["tmux", "new-session", "-d", "-s", "kexlab-lab-9700"]
+    assert sum(c[1] == "split-window" for c in commands) == 3  # four panes
+    panes = " ".join(" ".join(c) for c in commands)
+    for part in ("mosquitto", "mosquitto_sub", "cli.main server", "--oob mqtt://127.0.0.1:1883"):
+        assert part in panes
+    # The client pane gets the first command typed in, not run: Enter is the student's.
+    last = commands[-1]
+    assert last[:4] == ["tmux", "send-keys", "-t", "kexlab-lab-9700:0.3"]
+    assert last[4].startswith("kexlab client 127.0.0.1:9700 --kex psk") and len(last) == 5
+
+
+def test_tmux_for_real(tmp_path: Path) -> None:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (the layout itself is checked above)")
+    port, broker_port = free_port(), free_port()
+    session = f"kexlab-lab-{port}"
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+    result = subprocess.run(
+        [KEXLAB, "local-lab", "--tmux", "--port", str(port), "--broker-port", str(broker_port),
+         "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"tmux attach -t {session}" in result.stdout
+        panes = subprocess.run(
+            ["tmux", "list-panes", "-t", session, "-F", "#{pane_index}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert panes == ["0", "1", "2", "3"]
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
