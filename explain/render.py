@@ -137,8 +137,10 @@ def summary_line(
     """
     parts = _summary_parts(complete, elapsed_ms, role, label)
     lines = [parts[0][1]]
-    for sep, text in parts[1:]:
-        if width is None or len(lines[-1]) + len(sep) + len(text) <= width:
+    for i, (sep, text) in enumerate(parts[1:], 2):
+        # Room for the comma that ends a line broken after this part (not after the last).
+        room = 0 if i == len(parts) else len(parts[i][0].rstrip())
+        if width is None or len(lines[-1]) + len(sep) + len(text) + room <= width:
             lines[-1] += sep + text
         else:
             lines[-1] += sep.rstrip()

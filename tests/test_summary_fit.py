@@ -65,6 +65,15 @@ def test_no_part_is_ever_split() -> None:
         fitted = summary_line(DONE, 9.9, "client", width=width)
         assert SHORT_FP in fitted and SAS in fitted, width
         assert " ".join(fitted.split()) == " ".join(whole.split()), width
+        if width >= 70:  # wide enough for every part: no line is longer than the terminal
+            assert max(len(line) for line in fitted.splitlines()) <= width, (width, fitted)
+
+
+def test_the_comma_of_a_broken_line_fits_too() -> None:
+    # A line exactly as wide as the terminal, then its comma: the comma wrapped alone.
+    head = summary_line(DONE, 9.9, "client").split(", SAS")[0]
+    fitted = summary_line(DONE, 9.9, "client", width=len(head))
+    assert all(len(line) <= len(head) for line in fitted.splitlines()), fitted
 
 
 def test_server_log_at_80_columns(capsys) -> None:  # type: ignore[no-untyped-def]
