@@ -19,7 +19,7 @@ from capture.tap import CaptureFileError, close_pcap, open_pcap
 from client.oob import ClientOob
 from client.session import ClientOptions, SessionError
 from client.terminal import RunProgress, describe_failure, run
-from explain.console import error_line
+from explain.console import error_line, note_line
 from keystore import KeyFileError, data_dir, parse_trust
 from oob import OobError
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, KEX_NAMES, METHODS, Kex, ProtocolError
@@ -241,7 +241,7 @@ def client(
     notes = [address_note(address), *psk_notes([psk] if psk else [])]
     for note in notes:  # which form was understood, where it could be either
         if note is not None:
-            error_line(note)
+            note_line(note)
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
     except CaptureFileError as exc:
@@ -256,7 +256,7 @@ def client(
         if not progress.connected:
             fail("interrupted (Ctrl-C) before the handshake completed")
         # What the user asked for, done cleanly: not an error (exit 0).
-        error_line("closed (Ctrl-C): the session ended with close_notify")
+        note_line("closed (Ctrl-C): the session ended with close_notify")
     except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
         fail(describe_failure(exc, options))
     except OobError as exc:

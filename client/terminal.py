@@ -29,6 +29,7 @@ from rich.text import Text
 from explain.console import (
     describe_error,
     error_line,
+    note_line,
     out,
     printable,
     printable_bytes,
@@ -108,14 +109,14 @@ async def run(
     explainer = Explainer(console, "client", frames=options.explain, show_secrets=show_secrets)
     if mqtt is not None:
         for note in await mqtt.before_connect(options, policy):  # the PSK publication
-            error_line(note)
+            note_line(note)
         session = await mqtt.open(options, explainer.on_event)
     else:
         session = await ClientSession.open(options, on_event=explainer.on_event)
     if progress is not None:
         progress.connected = True
     for note in policy.notes:  # first use recorded, the "none" warning, the mqtt pin
-        error_line(note)
+        note_line(note)
     render_summary_line(console, session.handshake, session.handshake_ms, "client")
     try:
         if mqtt is not None and mqtt.verify_sas:

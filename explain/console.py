@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import textwrap
 
 from rich.console import Console
 
@@ -49,6 +51,18 @@ def out(text: str) -> None:
 def error_line(text: str) -> None:
     """Write one line to stderr (never wrapped, never styled)."""
     print(" ".join(text.split("\n")), file=sys.stderr, flush=True)
+
+
+def note_line(text: str) -> None:
+    """A note on stderr (first use, a pin, how an address was read): one line to a file or a
+    pipe; on a terminal broken between words, never through a fingerprint or a port."""
+    text = " ".join(text.split("\n"))
+    width = shutil.get_terminal_size((0, 0)).columns if sys.stderr.isatty() else 0
+    if width >= 40 and len(text) > width:
+        text = textwrap.fill(
+            text, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+        )
+    print(text, file=sys.stderr, flush=True)
 
 
 def stderr_console() -> Console:

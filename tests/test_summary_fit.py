@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 from conftest import load_vector
 from rich.console import Console
@@ -100,3 +101,34 @@ def test_server_log_to_a_file_is_one_line_per_event(capsys) -> None:  # type: ig
         f"key: role=rsa SHA256:{FP} path=/p",
         f"[127.0.0.1:45792] {summary_line(DONE, 7.5, 'server')}",
     ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_note_breaks_between_words_on_a_terminal(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import sys
+
+    from explain.console import note_line
+
+    note = f"first use: recorded server key SHA256:{FP} for 127.0.0.1:9700 in /tmp/lab/known_hosts"
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(
+        shutil, "get_terminal_size", lambda fallback=(0, 0): os.terminal_size((80, 24))
+    )
+    note_line(note)
+    lines = terminal.getvalue().splitlines()
+    assert [line.strip() for line in lines] == [
+        "first use: recorded server key",
+        f"SHA256:{FP} for",
+        "127.0.0.1:9700 in /tmp/lab/known_hosts",
+    ]
+    assert all(len(line) <= 80 for line in lines)
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    note_line(note)
+    assert piped.getvalue() == note + "\n"  # one line for scripts
