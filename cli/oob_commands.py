@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from typing import Annotated
 
 import typer
@@ -27,7 +26,7 @@ from cli.options import (
     check_server_id_option,
     mqtt_settings,
 )
-from explain.console import error_line
+from explain.console import error_line, note_line
 from oob import (
     DEFAULT_TTL,
     DEFAULT_URL,
@@ -145,4 +144,4 @@ def _report(publication: PskPublication) -> None:
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    note_line(text)  # stderr; broken between words on a terminal, one line to a file
