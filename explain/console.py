@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import textwrap
@@ -57,12 +58,22 @@ def note_line(text: str) -> None:
     """A note on stderr (first use, a pin, how an address was read): one line to a file or a
     pipe; on a terminal broken between words, never through a fingerprint or a port."""
     text = " ".join(text.split("\n"))
-    width = shutil.get_terminal_size((0, 0)).columns if sys.stderr.isatty() else 0
+    width = _stderr_width()
     if width >= 40 and len(text) > width:
         text = textwrap.fill(
             text, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
         )
     print(text, file=sys.stderr, flush=True)
+
+
+def _stderr_width() -> int:
+    """The width of the terminal stderr writes to (0 for a file or a pipe); stdout may be a file."""
+    if not sys.stderr.isatty():
+        return 0
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return shutil.get_terminal_size((0, 0)).columns
 
 
 def stderr_console() -> Console:
