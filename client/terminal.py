@@ -31,6 +31,7 @@ from explain.console import (
     error_line,
     note_line,
     out,
+    out_fitted,
     printable,
     printable_bytes,
     stderr_console,
@@ -160,7 +161,7 @@ async def _upload(session: ClientSession, path: Path) -> None:
     ) as progress:
         task = progress.add_task(f"sending {path.name}", total=size)
         receipt = await session.send_file(path, lambda n: progress.advance(task, n))
-    out(
+    out_fitted(
         f"file sent: {printable(path.name)} stored as {printable(receipt.name)}, {receipt.size} bytes,"
         f" SHA-256 {receipt.sha256} (confirmed by the server)"
     )

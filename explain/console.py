@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import textwrap
+from typing import Any
 
 from rich.console import Console
 
@@ -57,21 +58,29 @@ def error_line(text: str) -> None:
 def note_line(text: str) -> None:
     """A note on stderr (first use, a pin, how an address was read): one line to a file or a
     pipe; on a terminal broken between words, never through a fingerprint or a port."""
-    text = " ".join(text.split("\n"))
-    width = _stderr_width()
-    if width >= 40 and len(text) > width:
-        text = textwrap.fill(
-            text, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
-        )
-    print(text, file=sys.stderr, flush=True)
+    print(_fit(" ".join(text.split("\n")), _width(sys.stderr)), file=sys.stderr, flush=True)
 
 
-def _stderr_width() -> int:
-    """The width of the terminal stderr writes to (0 for a file or a pipe); stdout may be a file."""
-    if not sys.stderr.isatty():
+def out_fitted(text: str) -> None:
+    """``out`` for a long line people read (a receipt with its SHA-256): one line to a file
+    or a pipe, broken between words on a terminal."""
+    print(_fit(text, _width(sys.stdout)), flush=True)
+
+
+def _fit(text: str, width: int) -> str:
+    if width < 40 or len(text) <= width:
+        return text
+    return textwrap.fill(
+        text, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+    )
+
+
+def _width(stream: Any) -> int:
+    """The width of the terminal ``stream`` writes to (0 for a file or a pipe)."""
+    if not stream.isatty():
         return 0
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        return os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError, AttributeError):
         return shutil.get_terminal_size((0, 0)).columns
 
