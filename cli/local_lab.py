@@ -8,6 +8,9 @@ labelled with who printed it (``broker``, ``eve``, ``server``, ``client``) and a
 The script: a psk client hands its key to the server over the broker (eve prints it),
 talks, and a dhe client pins the key the server announced on the broker; then
 ``kexlab decrypt`` opens the recorded psk session with the key eve printed.
+
+(About 420 lines: the lab's commands, the one-process runner and the tmux layout share
+``Lab``; each part reads on its own.)
 """
 
 from __future__ import annotations
@@ -339,35 +342,66 @@ def _stop(proc: asyncio.subprocess.Process, sig: int) -> None:
 # --------------------------------------------------------------------------- tmux
 
 
-def tmux_commands(lab: Lab, session: str) -> list[list[str]]:
-    """tmux commands that lay out the lab: four panes, the client's commands typed in."""
-    home, folder = shlex.quote(str(lab.folder / "home")), shlex.quote(str(lab.folder))
+def tmux_panes(lab: Lab) -> dict[str, tuple[str | None, list[tuple[str, bool]]]]:
+    """Each pane's command (None: a shell) and the keys typed into it, (text, press Enter).
+
+    The programs run as the panes' commands, and the session keeps a pane whose program
+    ended (``remain-on-exit``), so its last words stay on screen. Mosquitto reloads on the
+    SIGHUP that ``tmux kill-session`` sends instead of stopping: a small sh wrapper stops it.
+    """
+    folder = shlex.quote(str(lab.folder))
     bin_dir = shlex.quote(str(Path(sys.executable).parent))
-    env = f"export KEXLAB_HOME={home} PATH={bin_dir}:$PATH; cd {folder}; "
-    broker = env + shlex.join(lab.broker())
-    eve_argv = lab.eve()
-    eve = env + (
-        shlex.join(eve_argv)
-        if eve_argv
+    broker = shlex.join(lab.broker())
+    stop_with_pane = (
+        f'trap \'kill "$p" 2>/dev/null; exit\' HUP INT TERM; {broker} & p=$!; wait "$p"'
+    )
+    eve = lab.eve()
+    eve_command = (
+        f"sleep 1; exec {shlex.join(eve)}"
+        if eve
         else "echo 'no mosquitto_sub: apt install mosquitto-clients'"
     )
-    server = env + f"sleep 1; {shlex.join(lab.server())}"
-    pane = f"{session}:0"
-    commands = [
-        ["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", broker],
-        ["tmux", "split-window", "-t", pane, "-h", eve],
-        ["tmux", "split-window", "-t", f"{pane}.0", "-v", server],
-        ["tmux", "split-window", "-t", f"{pane}.1", "-v"],
-    ]
-    client = f"{pane}.3"
-    commands.append(["tmux", "send-keys", "-t", client, env + "clear", "Enter"])
+    client_keys = [(f"export PATH={bin_dir}:$PATH; cd {folder}; clear", True)]
     for what, argv in lab.clients():  # the script, as comments to read and commands to copy
-        for line in (f"# {what}:", f"#   {shlex.join(['kexlab', *argv[3:]])}"):
-            commands.append(["tmux", "send-keys", "-t", client, line, "Enter"])
+        client_keys += [(f"# {what}:", True), (f"#   {_shown(argv)}", True)]
     # The first client typed in, not run: Enter is the student's.
-    first = lab.clients()[0][1]
-    commands.append(["tmux", "send-keys", "-t", client, shlex.join(["kexlab", *first[3:]])])
-    return commands
+    client_keys.append((_shown(lab.clients()[0][1]), False))
+    return {
+        "broker": (shlex.join(["sh", "-c", stop_with_pane]), []),
+        "eve": (eve_command, []),
+        "server": (f"sleep 1; exec {shlex.join(lab.server())}", []),
+        "client": (None, client_keys),
+    }
+
+
+def _shown(argv: list[str]) -> str:
+    """A kexlab command as a student types it (``kexlab ...``, not the interpreter's path)."""
+    return shlex.join(["kexlab", *argv[3:]])
+
+
+def _tmux_run(args: list[str]) -> str:
+    done = subprocess.run(["tmux", *args], check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _tmux_start(lab: Lab, session: str) -> dict[str, tuple[str, list[tuple[str, bool]]]]:
+    """Four panes (broker and server left, eve and the client right): id and keys of each."""
+    spec = tmux_panes(lab)
+    env = ["-e", f"KEXLAB_HOME={lab.folder / 'home'}", "-c", str(lab.folder)]
+    show = ["-P", "-F", "#{pane_id}"]
+
+    def command(role: str) -> list[str]:
+        text = spec[role][0]
+        return [] if text is None else [text]
+
+    broker = _tmux_run(["new-session", "-d", "-s", session, "-x", "200", "-y", "50",
+                        *env, *show, *command("broker")])  # fmt: skip
+    _tmux_run(["set-option", "-t", session, "remain-on-exit", "on"])
+    eve = _tmux_run(["split-window", "-t", broker, "-h", *env, *show, *command("eve")])
+    server = _tmux_run(["split-window", "-t", broker, "-v", *env, *show, *command("server")])
+    client = _tmux_run(["split-window", "-t", eve, "-v", *env, *show, *command("client")])
+    ids = {"broker": broker, "eve": eve, "server": server, "client": client}
+    return {role: (ids[role], spec[role][1]) for role in ids}
 
 
 def _tmux(lab: Lab) -> None:
@@ -376,8 +410,14 @@ def _tmux(lab: Lab) -> None:
     session = f"kexlab-lab-{lab.port}"
     if subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:
         fail(f"a tmux session {session} exists already: tmux attach -t {session}, or kill it")
-    for command in tmux_commands(lab, session):
-        subprocess.run(command, check=True)
+    try:
+        for pane, keys in _tmux_start(lab, session).values():
+            for text, enter in keys:
+                _tmux_run(["send-keys", "-t", pane, "-l", text])
+                if enter:
+                    _tmux_run(["send-keys", "-t", pane, "Enter"])
+    except subprocess.CalledProcessError as exc:
+        fail(f"tmux {' '.join(exc.cmd[1:3])} failed: {(exc.stderr or '').strip() or exc}")
     typer.echo(f"the lab runs in tmux session {session} (files in {lab.folder})")
     typer.echo(f"  tmux attach -t {session}      and, to stop it: tmux kill-session -t {session}")
     if sys.stdin.isatty() and "TMUX" not in os.environ:

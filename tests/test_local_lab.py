@@ -12,13 +12,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from oob_brokers import free_port, require_mosquitto
 from support_net import KEXLAB
 
-from cli.local_lab import Lab, tmux_commands
+from cli.local_lab import Lab, tmux_panes
 
 
 def _port_free(port: int) -> bool:
@@ -114,17 +115,18 @@ def test_without_mosquitto_the_embedded_broker_stands_in(tmp_path: Path) -> None
 
 
 def test_tmux_layout(tmp_path: Path) -> None:
-    lab = Lab(tmp_path, 9700, 1883)
-    commands = tmux_commands(lab, "kexlab-lab-9700")
-    assert commands[0][:5] == ["tmux", "new-session", "-d", "-s", "kexlab-lab-9700"]
-    assert sum(c[1] == "split-window" for c in commands) == 3  # four panes
-    panes = " ".join(" ".join(c) for c in commands)
-    for part in ("mosquitto", "mosquitto_sub", "cli.main server", "--oob mqtt://127.0.0.1:1883"):
-        assert part in panes
+    panes = tmux_panes(Lab(tmp_path, 9700, 1883))
+    assert list(panes) == ["broker", "eve", "server", "client"]
+    assert "mosquitto" in str(panes["broker"][0]) or "cli.main broker" in str(panes["broker"][0])
+    assert "trap" in str(panes["broker"][0])  # mosquitto stops with its pane (it reloads on HUP)
+    assert "kexlab/#" in str(panes["eve"][0])
+    assert "cli.main server --port 9700 --oob mqtt://127.0.0.1:1883" in str(panes["server"][0])
+    command, keys = panes["client"]
+    assert command is None  # a shell, for the student
     # The client pane gets the first command typed in, not run: Enter is the student's.
-    last = commands[-1]
-    assert last[:4] == ["tmux", "send-keys", "-t", "kexlab-lab-9700:0.3"]
-    assert last[4].startswith("kexlab client 127.0.0.1:9700 --kex psk") and len(last) == 5
+    last, enter = keys[-1]
+    assert last.startswith("kexlab client 127.0.0.1:9700 --kex psk") and not enter
+    assert all(enter for _text, enter in keys[:-1])
 
 
 def test_tmux_for_real(tmp_path: Path) -> None:
@@ -142,9 +144,18 @@ def test_tmux_for_real(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert f"tmux attach -t {session}" in result.stdout
         panes = subprocess.run(
-            ["tmux", "list-panes", "-t", session, "-F", "#{pane_index}"],
+            ["tmux", "list-panes", "-t", session, "-F", "#{pane_id}"],
             capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
-        assert panes == ["0", "1", "2", "3"]
+        assert len(panes) == 4
+        deadline = time.monotonic() + 15
+        while _port_free(port) and time.monotonic() < deadline:  # the server pane serves
+            time.sleep(0.1)
+        assert not _port_free(port) and not _port_free(broker_port)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    # Closing the session stops everything in it: Mosquitto too, which reloads on SIGHUP.
+    deadline = time.monotonic() + 10
+    while not (_port_free(port) and _port_free(broker_port)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _port_free(port) and _port_free(broker_port)
