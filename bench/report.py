@@ -162,8 +162,17 @@ def other_table(result: Result) -> Table:
     return table
 
 
+PERFORMANCE_DOC = "docs/performance.md"
+WHY_SECTION = "What limits each figure"
+"""The section of ``PERFORMANCE_DOC`` that explains each figure (tests/test_bench_report.py)."""
+WHY_NOT_MET = (
+    f"not met: why each figure stands where it does (what the time goes to, measured) is in"
+    f' {PERFORMANCE_DOC}, "{WHY_SECTION}": handshakes, bulk, ping-pong, memory.'
+)
+
+
 def target_table(result: Result) -> Table:
-    """Each target of the issue that this run measured, and whether it is met."""
+    """Each target this run measured, and whether it is met."""
     table = Table(title="Targets", title_justify="left")
     table.add_column("target")
     table.add_column("measured", justify="right")
@@ -180,6 +189,13 @@ def target_table(result: Result) -> Table:
         )
         table.add_row(t["target"], value, goal, met)
     return table
+
+
+def why_not_met(result: Result) -> Text | None:
+    """The line under the targets when one is not met: where the reasons are explained."""
+    if not any(t["met"] is False for t in result["targets"]):
+        return None
+    return Text(WHY_NOT_MET, style="red")
 
 
 def conditions(result: Result) -> Text:
@@ -206,6 +222,9 @@ def render(console: Console, result: Result) -> None:
         parts.append(other_table(result))
     if result["targets"]:
         parts.append(target_table(result))
+        why = why_not_met(result)
+        if why is not None:
+            parts.append(why)
     parts.append(conditions(result))
     console.print(Group(*parts))
 

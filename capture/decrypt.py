@@ -1,6 +1,6 @@
 """Find KXP sessions in a capture and decrypt their records (``kexlab decrypt``).
 
-(About 400 lines: one pass from TCP streams to frames, keys and records; its inputs and
+(About 450 lines: one pass from TCP streams to frames, keys and records; its inputs and
 its report live in ``capture/inputs.py`` and ``capture/report.py``.)
 
 A passive observer holds the transcript and nothing else. What turns it into
@@ -160,18 +160,31 @@ def _from_rsa(hs: ObservedHandshake, key: rsa.RSAPrivateKey) -> tuple[_Keys | No
 
 
 def _from_psk(
-    hs: ObservedHandshake, candidates: Sequence[tuple[bytes, str]]
+    hs: ObservedHandshake, candidates: Sequence[tuple[bytes, str]], notes: list[str]
 ) -> tuple[_Keys | None, str]:
+    """The first candidate that the first FINISHED confirms; a note for each one it refutes."""
+    first = _first_finisher(hs)
+    refuted: list[str] = []
     for psk, origin in candidates:
         assert hs.method is not None
         shared = hs.method.passive_secret(hs.kt, None, psk)
         secrets = hs.secrets(shared) if shared is not None else None  # checked by FINISHED
         if secrets is not None:
+            notes.extend(
+                f"{wrong} does not match the {first}'s FINISHED: not used" for wrong in refuted
+            )
             return _Keys(secrets.c_ap_0, secrets.s_ap_0, origin, secrets), ""
+        refuted.append(origin)
+    identity = hs.ch.psk_identity.decode("utf-8", "replace")
     return None, (
-        f"{len(candidates)} PSK(s) for identity {hs.ch.psk_identity.decode('utf-8', 'replace')!r} "
-        "were tried and none matches the server's FINISHED"
+        f"no PSK for identity {identity!r} matches the {first}'s FINISHED: tried "
+        + "; ".join(refuted)
     )
+
+
+def _first_finisher(hs: ObservedHandshake) -> str:
+    """Whose FINISHED comes first (§4), the one that checks a key found in the capture."""
+    return "client" if hs.method is not None and hs.method.client_finishes_first else "server"
 
 
 # --------------------------------------------------------------------------- sessions
@@ -284,7 +297,7 @@ def _find_keys(
                 )
                 candidates.append((leak.key, origin))
         if candidates:
-            keys, why = _from_psk(hs, candidates)
+            keys, why = _from_psk(hs, candidates, session.notes)
     if keys is None:
         session.reason = why or _no_key_reason(session, method)
     return keys
@@ -379,6 +392,19 @@ def _session(
     if hs is not None and hs.suite is not None:
         suite = hs.suite
         keys = _find_keys(session, hs, server, keylog, rsa_key, psks, leaked)
+        failure = _handshake_failure(hs, client, server)
+        if failure:
+            # Nothing was agreed, so nothing is sealed: say that, not "no key matches".
+            if keys is not None:
+                session.notes.append(
+                    f"the {keys.method} matches the {_first_finisher(hs)}'s FINISHED:"
+                    f" the {_first_finisher(hs)} held that key, the other side did not"
+                )
+            session.reason = (
+                f"{failure}: no session keys were agreed, so nothing was encrypted and there"
+                " is nothing to decrypt"
+            )
+            session.handshake_failed, keys = True, None
     elif hs is not None:
         session.reason = f"unknown cipher suite {session.cipher_suite}: no keys were agreed"
     session.forward_secret = hs is not None and hs.method is not None and hs.method.forward_secret
@@ -393,6 +419,22 @@ def _session(
         if session.decrypted:
             session.keys = SessionKeys(keys.client, keys.server, keys.secrets)
     return session
+
+
+def _handshake_failure(hs: ObservedHandshake, client: _Side, server: _Side) -> str:
+    """``the client sent alert decrypt_error (51): ...`` when an alert ended the handshake."""
+    if hs.complete or hs.sh is None:  # no SERVER_HELLO: _find_keys says why already
+        return ""
+    alerts = [
+        (item.time, who, item.frame)
+        for who, side in (("client", client), ("server", server))
+        for item in side.frames
+        if item.frame.type is FrameType.ALERT
+    ]
+    if not alerts:
+        return ""
+    _time, who, frame = min(alerts, key=lambda a: a[0])
+    return f"the {who} sent alert {_alert_text(frame.payload)}"
 
 
 def _first_type(stream: TcpStream) -> FrameType | None:

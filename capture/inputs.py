@@ -44,7 +44,7 @@ def load_rsa_key(path: str | os.PathLike[str]) -> rsa.RSAPrivateKey:
 
 
 def parse_psk(text: str) -> tuple[str, bytes]:
-    """``ID=HEX`` -> (identity, key), as every command reads ``--psk``."""
+    """``ID=HEX`` or ``ID=BASE64`` -> (identity, key), as every command reads ``--psk``."""
     try:
         return parse_psk_spec(text)
     except ValueError as exc:

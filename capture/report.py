@@ -82,6 +82,8 @@ class Session:
     """How the keys were obtained, when ``decrypted``."""
     reason: str = ""
     """Why the session was not decrypted (or a part of it was not)."""
+    handshake_failed: bool = False
+    """An alert ended the handshake: no keys were agreed, no records exist (``reason`` says which)."""
     forward_secret: bool = False
     """dhe: no long-term secret, leaked or not, recovers the session keys."""
     records: list[Record] = field(default_factory=list)
@@ -148,6 +150,7 @@ def report_to_json(report: DecryptReport) -> dict[str, Any]:
                 "decrypted": s.decrypted,
                 "method": s.method,
                 "reason": s.reason,
+                "handshake_failed": s.handshake_failed,
                 "forward_secret": s.forward_secret,
                 "notes": s.notes,
                 "records": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from bench import report, runner, scenarios
 from bench.kxp import BenchError
 from bench.plan import make_plan
 from cli.errors import fail
+from cli.options import output_file
 
 ONLY_HELP = (
     "Comma list of measurements to run: "
@@ -25,36 +27,53 @@ def bench(
         bool, typer.Option("--quick", help="One short run per figure: under a minute.")
     ] = False,
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="Also write every figure to this JSON file."),
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Write a PNG of throughput against message size (matplotlib)."),
+        typer.Option(
+            "--plot",
+            metavar="FILE",
+            help="Write a PNG of throughput against message size (matplotlib).",
+        ),
     ] = None,
-    only: Annotated[str | None, typer.Option("--only", help=ONLY_HELP)] = None,
+    only: Annotated[str | None, typer.Option("--only", metavar="LIST", help=ONLY_HELP)] = None,
     duration: Annotated[
         float | None,
         typer.Option(
-            "--duration", min=0.05, help="Seconds per measured run (quick 0.4, full 1.5)."
+            "--duration",
+            min=0.05,
+            metavar="SECONDS",
+            help="Seconds per measured run (quick 0.4, full 1.5).",
         ),
     ] = None,
     repeats: Annotated[
         int | None,
-        typer.Option("--repeats", min=1, help="Runs per figure, best kept (quick 1, full 3)."),
+        typer.Option(
+            "--repeats", min=1, metavar="N", help="Runs per figure, best kept (quick 1, full 3)."
+        ),
     ] = None,
     connections: Annotated[
         int,
-        typer.Option("--connections", min=1, help="Idle connections for the memory figure."),
+        typer.Option(
+            "--connections", min=1, metavar="N", help="Idle connections for the memory figure."
+        ),
     ] = scenarios.IDLE_CONNECTIONS,
 ) -> None:
-    """Measure handshakes, throughput, round trips and memory of kexlab, TLS 1.3 and TCP."""
+    """Measure kexlab against TLS 1.3 and plain TCP. Handshakes, throughput, round trips, memory."""
     try:
         items = scenarios.parse_only(only)
     except ValueError as exc:
-        fail(str(exc), code=2)
+        raise typer.BadParameter(str(exc), param_hint="'--only'") from None
+    for path, option in ((json_file, "--json"), (plot, "--plot")):
+        if path is not None:
+            _check_writable(output_file(path, option))
     if plot is not None:
         if not any(i.startswith("bulk-") for i in items):
-            fail("--plot needs at least one bulk measurement", code=2)
+            raise typer.BadParameter(
+                "needs at least one bulk measurement (--only bulk)", param_hint="'--plot'"
+            )
         try:
             report.check_plot()
         except report.PlotUnavailable as exc:
@@ -77,3 +96,12 @@ def bench(
     if plot is not None:
         report.write_plot(plot, result)
         console.print(f"plot written to {plot}")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before measuring for minutes if the result could not be written afterwards."""
+    target = path if path.exists() else path.parent
+    if not target.is_dir() and not path.exists():
+        fail(f"cannot write {path}: folder {target} does not exist")
+    if not os.access(target, os.W_OK):
+        fail(f"cannot write {path}: permission denied")

@@ -1,12 +1,14 @@
 """``kexlab client HOST[:PORT]`` (and ``python -m client``): one session from the terminal.
 
 Modes, in this order: ``--send`` messages and/or ``--send-file``; else lines from stdin
-when it is not a terminal; else an interactive prompt.
+when it is not a terminal; else an interactive prompt. Piped lines and typed lines obey
+the same commands (/rekey, /sas, /quit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,13 +19,12 @@ from capture.tap import CaptureFileError, close_pcap, open_pcap
 from client.oob import ClientOob
 from client.session import ClientOptions, SessionError
 from client.terminal import RunProgress, describe_failure, run
-from explain.console import error_line
+from explain.console import error_line, note_line
 from keystore import KeyFileError, data_dir, parse_trust
 from oob import OobError
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, KEX_NAMES, METHODS, Kex, ProtocolError
 from protocol.constants import MAX_CONTENT
 from transport import TransportError
-from transport.keylog import append_keylog
 
 from .errors import fail, single_command_app
 from .options import (
@@ -37,9 +38,12 @@ from .options import (
     ShowSecretsOption,
     UsernameOption,
     VerifySasOption,
+    check_keylog,
     default_server_id,
+    input_file,
     mqtt_options_need_oob,
     mqtt_settings,
+    output_file,
 )
 from .page_options import (
     DeterministicOption,
@@ -49,7 +53,15 @@ from .page_options import (
     seed_of,
     seeded,
 )
-from .parsing import parse_address, parse_group, parse_kex, parse_psk, parse_suite
+from .parsing import (
+    address_note,
+    parse_address,
+    parse_group,
+    parse_kex,
+    parse_psk,
+    parse_suite,
+    psk_notes,
+)
 
 DEFAULT_GROUP = "x25519"
 DEFAULT_TRUST = "tofu"
@@ -89,32 +101,40 @@ def client(
         typer.Argument(
             metavar="HOST[:PORT]",
             callback=_check_address,
-            help="The server (port 9700 unless given; IPv6 as [::1]:9700).",
+            help="The server: 127.0.0.1, 127.0.0.1:9701, localhost:9701, ::1 or [::1]:9701"
+            " (port 9700 unless given; an IPv6 address with a port needs the brackets).",
         ),
     ],
     kex: Annotated[
         str | None,
         typer.Option(
-            callback=_check_kex, help="rsa, dhe or psk. Default: dhe, or psk when --psk is given."
+            metavar="rsa|dhe|psk",
+            callback=_check_kex,
+            help="rsa, dhe or psk. Default: dhe, or psk when --psk is given.",
         ),
     ] = None,
     group: Annotated[
         str | None,
         typer.Option(
+            metavar="GROUP",
             callback=_check_group,
             help="dhe group: x25519, secp256r1, secp384r1, ffdhe2048, ffdhe3072. Default: x25519.",
             show_default=False,
         ),
     ] = None,
     suite: Annotated[
-        str, typer.Option(callback=_check_suite, help="Cipher suite: aes128 or aes256.")
+        str,
+        typer.Option(
+            metavar="aes128|aes256", callback=_check_suite, help="Cipher suite: aes128 or aes256."
+        ),
     ] = "aes256",
     psk: Annotated[
         str | None,
         typer.Option(
             metavar="IDENTITY=HEX",
             callback=_check_psk,
-            help="The pre-shared key, as handed over out of band.",
+            help="The pre-shared key, as handed over out of band; the key in hex, or in"
+            " base64 as the MQTT channel carries it.",
         ),
     ] = None,
     trust: Annotated[
@@ -137,7 +157,12 @@ def client(
     mqtt_ca: CaOption = None,
     send: Annotated[
         list[str] | None,
-        typer.Option(metavar="TEXT", help="Send TEXT, print the echo (repeatable); then exit."),
+        typer.Option(
+            metavar="TEXT",
+            help="Send TEXT, print what comes back as 'echo: ...' (repeatable); then exit."
+            " Without --send, lines piped to stdin are sent the same way, and the lines"
+            " /rekey, /sas and /quit are commands there, as at the prompt.",
+        ),
     ] = None,
     send_file: Annotated[
         Path | None,
@@ -153,22 +178,27 @@ def client(
     pcap: PcapOption = None,
     timeout: Annotated[
         float,
-        typer.Option(min=0.01, help="Seconds for connect, handshake and each reply."),
+        typer.Option(
+            min=0.01, metavar="SECONDS", help="Seconds for connect, handshake and each reply."
+        ),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
     html: HtmlFileOption = None,
     deterministic: DeterministicOption = None,
     insecure: InsecureOption = False,
 ) -> None:
-    """Connect to a kexlab server, agree on a key, and talk over AES-GCM records."""
+    """Connect to a server, agree on a key, talk over AES-GCM records."""
     host, port = parse_address(address)
     method = parse_kex(kex) if kex is not None else (Kex.PSK if psk else Kex.DHE)
     identity, key = parse_psk(psk) if psk else ("", b"")
     _check_combination(method, psk, oob, group, trust)
     seed = seed_of(deterministic, insecure)
     if send_file is not None:
-        _check_readable(send_file)
-    for text in send or []:
-        if len(text.encode("utf-8")) > MAX_CONTENT:
+        input_file(send_file, "--send-file")
+    # The bytes as typed: os.fsencode undoes Python's decoding of argv, so a message that is
+    # not UTF-8 is sent as it is (it was an internal error).
+    messages = [os.fsencode(text) for text in send or []]
+    for message in messages:
+        if len(message) > MAX_CONTENT:
             raise typer.BadParameter(
                 f"a message is at most {MAX_CONTENT} bytes (use --send-file)",
                 param_hint="'--send'",
@@ -215,11 +245,17 @@ def client(
     except ValueError as exc:
         fail(str(exc))
     if keylog is not None:
-        _check_keylog(keylog)
+        check_keylog(output_file(keylog, "--keylog"))
+    if pcap is not None:
+        output_file(pcap, "--pcap")
     page, options.observe = client_hooks(html, options.address, show_secrets, seed, explain)
     options.rng = seeded(seed, "client")
     # No stdin at all (started with stdin closed): nothing to read, like an empty pipe.
     interactive = not send and send_file is None and sys.stdin is not None and sys.stdin.isatty()
+    notes = [address_note(address), *psk_notes([psk] if psk else [])]
+    for note in notes:  # which form was understood, where it could be either
+        if note is not None:
+            note_line(note)
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
     except CaptureFileError as exc:
@@ -228,14 +264,13 @@ def client(
     progress = RunProgress()
     try:
         asyncio.run(
-            run(options, policy, send or [], send_file, show_secrets, interactive, mqtt, progress)
+            run(options, policy, messages, send_file, show_secrets, interactive, mqtt, progress)
         )
     except KeyboardInterrupt:
-        fail(
-            "interrupted (Ctrl-C): session closed with close_notify"
-            if progress.connected
-            else "interrupted (Ctrl-C) before the handshake completed"
-        )
+        if not progress.connected:
+            fail("interrupted (Ctrl-C) before the handshake completed")
+        # What the user asked for, done cleanly: not an error (exit 0).
+        note_line("closed (Ctrl-C): the session ended with close_notify")
     except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
         fail(describe_failure(exc, options))
     except OobError as exc:
@@ -274,27 +309,6 @@ def _check_combination(
             " the pre-shared key itself authenticates the server",
             param_hint="'--trust'",
         )
-
-
-def _check_readable(path: Path) -> None:
-    """A usage error, before connecting, for a --send-file that cannot be read."""
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else None
-        raise typer.BadParameter(f"{path}: {what or 'no such file'}", param_hint="'--send-file'")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise typer.BadParameter(f"{path}: {reason}", param_hint="'--send-file'") from None
-
-
-def _check_keylog(path: Path) -> None:
-    """Fail before connecting if the key log cannot be written (it would fail after the handshake)."""
-    try:
-        append_keylog(path, "")  # creates it mode 0600, as the real write would
-    except OSError as exc:
-        fail(f"cannot write the key log {path}: {(exc.strerror or str(exc)).lower()}")
 
 
 def client_oob(

@@ -21,11 +21,13 @@ from capture.decrypt import (
     decrypt_capture,
     load_keylog,
     load_rsa_key,
-    parse_psk,
     report_to_json,
 )
 from cli.errors import fail
+from cli.options import input_file
 from cli.page_options import capture_pages, html_dir
+from cli.parsing import parse_psk, psk_notes
+from explain.console import error_line
 
 PREVIEW_CHARS = 60
 
@@ -53,16 +55,15 @@ def _endpoint(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def session_table(index: int, session: Session) -> Table:
-    """One session as a rich table: time, direction, epoch/seq, type, plaintext preview."""
+def session_heading(index: int, session: Session) -> str:
+    """``session N: client → server  method``: the line above everything said of a session."""
     method = "/".join(p for p in (session.kex, session.group, session.cipher_suite) if p != "none")
-    table = Table(
-        title=(
-            f"session {index}: {_endpoint(session.client)} → {_endpoint(session.server)}  {method}"
-        ),
-        title_justify="left",
-        expand=False,
-    )
+    return f"session {index}: {_endpoint(session.client)} → {_endpoint(session.server)}  {method}"
+
+
+def session_table(session: Session) -> Table:
+    """One session's records as a rich table: time, direction, epoch/seq, type, plaintext."""
+    table = Table(expand=False)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("dir", no_wrap=True)
     table.add_column("epoch/seq", justify="right", no_wrap=True)
@@ -101,9 +102,14 @@ def render_report(console: Console, report: DecryptReport) -> None:
         )
         return
     for i, session in enumerate(report.sessions, 1):
+        # The heading first, then what was found, then the records: each session reads
+        # top to bottom under its own name.
         console.print()
+        console.print(Text(session_heading(i, session), style="bold"))
         if session.decrypted:
             console.print(f"[green]decrypted[/] with {escape(session.method)}")
+        elif session.handshake_failed:
+            console.print(f"[red]handshake failed:[/] {escape(session.reason)}")
         elif session.forward_secret:
             console.print(f"[cyan]not decrypted[/], {escape(session.reason)}")
         else:
@@ -112,12 +118,22 @@ def render_report(console: Console, report: DecryptReport) -> None:
             console.print(f"[yellow]partly:[/] {escape(session.reason)}")
         for note in session.notes:
             console.print(f"[dim]note: {escape(note)}[/]")
-        console.print(session_table(i, session))
+        if session.records:
+            console.print(session_table(session))
+
+
+def _check_psks(values: list[str] | None) -> list[str] | None:
+    for spec in values or []:
+        parse_psk(spec)
+    return values
 
 
 def decrypt(
     capture: Annotated[
-        Path, typer.Argument(help="A pcap or pcapng file (tcpdump, Wireshark, --pcap).")
+        Path,
+        typer.Argument(
+            metavar="CAPTURE", help="A pcap or pcapng file (tcpdump, Wireshark, --pcap)."
+        ),
     ],
     keylog: Annotated[
         Path | None,
@@ -128,13 +144,19 @@ def decrypt(
     rsa_key: Annotated[
         Path | None,
         typer.Option(
-            "--rsa-key", help="The server's RSA private key (PEM/DER): opens rsa sessions."
+            "--rsa-key",
+            metavar="FILE",
+            help="The server's RSA private key (PEM/DER): opens rsa sessions.",
         ),
     ] = None,
     psk: Annotated[
         list[str] | None,
         typer.Option(
-            "--psk", metavar="IDENTITY=HEX", help="A pre-shared key as IDENTITY=HEX (repeatable)."
+            "--psk",
+            metavar="IDENTITY=HEX",
+            callback=_check_psks,
+            help="A pre-shared key as IDENTITY=HEX, or the key in base64 as an eavesdropper"
+            " sees it on MQTT (repeatable).",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -149,11 +171,17 @@ def decrypt(
         ),
     ] = None,
 ) -> None:
-    """Decrypt the KXP sessions in a capture with a key log, the RSA key or PSKs (also from MQTT)."""
+    """Decrypt recorded KXP sessions, or say why they stay sealed. Keys: a key log, the RSA key, PSKs (also found on MQTT)."""
+    input_file(capture, "CAPTURE")
+    for path, option in ((keylog, "--keylog"), (rsa_key, "--rsa-key")):
+        if path is not None:
+            input_file(path, option)
+    psks = dict(parse_psk(item) for item in psk or [])
+    for note in psk_notes(psk or []):
+        error_line(note)
     try:
         entries = load_keylog(keylog) if keylog is not None else None
         key = load_rsa_key(rsa_key) if rsa_key is not None else None
-        psks = dict(parse_psk(item) for item in psk or [])
         report = decrypt_capture(capture, keylog=entries, rsa_key=key, psks=psks)
     except (InputError, CaptureError) as exc:
         fail(str(exc))

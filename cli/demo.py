@@ -116,7 +116,7 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """Run rsa, dhe and psk sessions against a server in this process and compare their SAS."""
+    """Run rsa, dhe and psk sessions and compare their SAS. Server and clients run in this process."""
     console = Console(highlight=False)
     try:
         asyncio.run(_demo(console, explain, show_secrets))

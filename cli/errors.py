@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from explain.console import error_line
 
@@ -35,10 +35,12 @@ def _one_line_errors(run: Callable[[], Any], prog_name: str | None) -> NoReturn:
         rv = run()
     except typer.TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        if exc.exit_code == USAGE:
+        if type(exc).__name__ == "NoArgsIsHelpError" and hasattr(exc, "show"):
+            exc.show()  # no arguments at all: the help itself, as it is (typer does the same)
+        elif exc.exit_code == USAGE:
             ctx = getattr(exc, "ctx", None)
             name = ctx.command_path if ctx is not None else (prog_name or "kexlab")
-            if message:  # empty: "no arguments", the help was printed already
+            if message:
                 error_line(f"{name}: error: {message} (see '{name} --help')")
         else:
             error_line(f"error: {message}")
@@ -83,13 +85,43 @@ class KexlabGroup(_OneLineErrorsMixin, TyperGroup):
 
 
 class KexlabCommand(_OneLineErrorsMixin, TyperCommand):
-    """A single command (``python -m server``) with one-line errors."""
+    """A kexlab command: one-line errors, and help that names each value, never its type.
+
+    Help is click's plain layout (``HELP_MARKUP``): it wraps between words at any width,
+    where a rich panel cuts long words with "…". An argument is shown by its metavar
+    alone: typer would add its Python type (``HOST[:PORT] <str>``), which tells a
+    student nothing about what to type.
+    """
+
+    def format_options(self, ctx: typer.Context, formatter: Any) -> None:
+        """The Arguments and Options sections, arguments by their metavar only."""
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                arguments.append((param.metavar or (param.name or "").upper(), record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+HELP_MARKUP = None
+"""typer's ``rich_markup_mode`` for every kexlab app: None, click's plain help."""
 
 
 def single_command_app(function: Any, name: str, help_text: str) -> typer.Typer:
     """A typer app that is exactly one command (for ``python -m server`` / ``client``)."""
     app = typer.Typer(
-        name=name, help=help_text, add_completion=False, pretty_exceptions_enable=False
+        name=name,
+        help=help_text,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=HELP_MARKUP,
     )
     app.command(name=name, cls=KexlabCommand)(function)
     return app

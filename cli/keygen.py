@@ -55,6 +55,7 @@ def keygen(
         int | None,
         typer.Option(
             "--bits",
+            metavar="BITS",
             callback=_check_bits,
             show_default=False,
             help="RSA modulus size: 2048 (default), 3072 or 4096.",
@@ -65,6 +66,7 @@ def keygen(
         typer.Option(
             "--out",
             "-o",
+            metavar="FILE",
             dir_okay=False,
             help="Private key file to write (PKCS#8 PEM, mode 0600); the public key goes to FILE.pub.",
         ),
@@ -73,7 +75,7 @@ def keygen(
         bool, typer.Option("--force", help="Overwrite FILE and FILE.pub if they exist.")
     ] = False,
 ) -> None:
-    """Generate a key pair and print its SHA-256 fingerprint (of the DER SubjectPublicKeyInfo)."""
+    """Make a key pair and print its fingerprint. The fingerprint is the SHA-256 of the DER SubjectPublicKeyInfo."""
     kind = KeyType(type)
     if kind is KeyType.ed25519 and bits is not None:
         raise typer.BadParameter("applies to rsa keys only", param_hint="'--bits'")

@@ -8,8 +8,9 @@ from cli.bench import bench
 from cli.client_command import client
 from cli.decrypt import decrypt
 from cli.demo import demo
-from cli.errors import KexlabGroup
+from cli.errors import HELP_MARKUP, KexlabCommand, KexlabGroup
 from cli.keygen import keygen
+from cli.local_lab import local_lab
 from cli.mitm_command import mitm
 from cli.oob_commands import broker, psk_send
 from cli.server_command import server
@@ -21,18 +22,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
+    rich_markup_mode=HELP_MARKUP,
 )
-app.command("keygen")(keygen)
-app.command("server")(server)
-app.command("client")(client)
-app.command("demo")(demo)
-app.command("mitm")(mitm)
-app.command("decrypt")(decrypt)
-app.command("bench")(bench)
-app.command("broker")(broker)
+app.command("keygen", cls=KexlabCommand)(keygen)
+app.command("server", cls=KexlabCommand)(server)
+app.command("client", cls=KexlabCommand)(client)
+app.command("demo", cls=KexlabCommand)(demo)
+app.command("mitm", cls=KexlabCommand)(mitm)
+app.command("decrypt", cls=KexlabCommand)(decrypt)
+app.command("bench", cls=KexlabCommand)(bench)
+app.command("broker", cls=KexlabCommand)(broker)
+app.command("local-lab", cls=KexlabCommand)(local_lab)
 
-psk_app = typer.Typer(help="Hand PSKs over out of band.", no_args_is_help=True)
-psk_app.command("send")(psk_send)
+psk_app = typer.Typer(
+    help="Hand PSKs over out of band.", no_args_is_help=True, rich_markup_mode=HELP_MARKUP
+)
+psk_app.command("send", cls=KexlabCommand)(psk_send)
 app.add_typer(psk_app, name="psk")
 
 

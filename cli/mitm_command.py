@@ -141,17 +141,28 @@ def mitm(
     server_id: ServerIdOption = None,
     psk_wait: Annotated[
         float,
-        typer.Option(min=0, help="With --oob: seconds to wait for a PSK to cross the broker."),
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="With --oob: seconds to wait for a PSK to cross the broker.",
+        ),
     ] = DEFAULT_PSK_WAIT,
     mqtt_username: UsernameOption = None,
     mqtt_password_file: PasswordFileOption = None,
     mqtt_ca: CaOption = None,
     pcap: PcapOption = None,
     timeout: Annotated[
-        float, typer.Option(min=0.01, help="Seconds for each handshake and for connecting.")
+        float,
+        typer.Option(
+            min=0.01, metavar="SECONDS", help="Seconds for each handshake and for connecting."
+        ),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> None:
-    """Stand between clients and a server: read and change what they say, where they let us."""
+    """Stand in the middle: read and change what the two ends say.
+
+    Where a client lets us: it accepts any key (--trust none), meets us first (tofu), or
+    hands its PSK over an open broker we read (--oob). Caught everywhere else.
+    """
     tamper = _tamper(relay, flip, drop, replay, reorder, downgrade)
     if relay and (rewrite or anonymous or rsa_key or sign_key):
         raise typer.BadParameter(

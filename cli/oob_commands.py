@@ -13,14 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from typing import Annotated
 
 import typer
 
 from cli.errors import fail
-from cli.options import CaOption, OobOption, PasswordFileOption, UsernameOption, mqtt_settings
-from explain.console import error_line
+from cli.options import (
+    CaOption,
+    OobOption,
+    PasswordFileOption,
+    UsernameOption,
+    check_server_id_option,
+    mqtt_settings,
+)
+from explain.console import error_line, note_line
 from oob import (
     DEFAULT_TTL,
     DEFAULT_URL,
@@ -38,11 +44,16 @@ from oob.broker import DEFAULT_HOST, DEFAULT_PORT
 
 def broker(
     host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback unless you mean otherwise).")
+        str,
+        typer.Option(
+            metavar="ADDRESS", help="Address to listen on (loopback unless you mean otherwise)."
+        ),
     ] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="TCP port.")
+    ] = DEFAULT_PORT,
 ) -> None:
-    """Run the embedded MQTT broker (amqtt) until Ctrl-C, for machines without Mosquitto."""
+    """Run an open MQTT broker (embedded amqtt) until Ctrl-C. For machines without Mosquitto."""
     try:
         asyncio.run(_serve(host, port))
     except OobError as exc:
@@ -77,27 +88,48 @@ async def _serve(host: str, port: int) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _check_identity(value: str | None) -> str | None:
+    """``--identity``: one the client can paste back as IDENTITY=HEX (usage error otherwise)."""
+    if value is not None:
+        try:
+            format_shared_psk(value, b"")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def psk_send(
     server_id: Annotated[
-        str, typer.Option("--server-id", help="The server's --server-id (its host name there).")
+        str,
+        typer.Option(
+            "--server-id",
+            metavar="NAME",
+            callback=check_server_id_option,
+            help="The server's --server-id (its host name there).",
+        ),
     ],
     oob: OobOption = DEFAULT_URL,
     identity: Annotated[
         str | None,
-        typer.Option(help="PSK identity (default: a fresh random one).", show_default=False),
+        typer.Option(
+            metavar="NAME",
+            callback=_check_identity,
+            help="PSK identity (default: a fresh random one).",
+            show_default=False,
+        ),
     ] = None,
     ttl: Annotated[
-        float, typer.Option(min=1, help="Seconds until the server forgets the key.")
+        float,
+        typer.Option(min=1, metavar="SECONDS", help="Seconds until the server forgets the key."),
     ] = DEFAULT_TTL,
     mqtt_username: UsernameOption = None,
     mqtt_password_file: PasswordFileOption = None,
     mqtt_ca: CaOption = None,
 ) -> None:
-    """Hand a server a fresh 32-byte PSK over MQTT and print IDENTITY=HEX for the client side."""
+    """Hand a server a fresh PSK over MQTT. Prints IDENTITY=HEX, a 32-byte key, for the client side."""
+    settings = mqtt_settings(oob, mqtt_username, mqtt_password_file, mqtt_ca)
+    key, name = generate_psk(), identity or generate_identity()
     try:
-        settings = mqtt_settings(oob, mqtt_username, mqtt_password_file, mqtt_ca)
-        key, name = generate_psk(), identity or generate_identity()
-        format_shared_psk(name, key)  # refuse an identity the other side cannot paste
         publication = asyncio.run(publish_psk(settings, server_id, name, key, ttl))
     except (OobError, ValueError) as exc:
         fail(str(exc))
@@ -112,4 +144,4 @@ def _report(publication: PskPublication) -> None:
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    note_line(text)  # stderr; broken between words on a terminal, one line to a file

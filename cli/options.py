@@ -8,8 +8,49 @@ from typing import Annotated
 
 import typer
 
-from oob import DEFAULT_URL, MqttSettings
+from oob import DEFAULT_URL, MqttSettings, OobError
 from oob.payloads import check_server_id
+from oob.settings import ENV_CA, ENV_PASSWORD_FILE
+from transport.keylog import append_keylog
+
+from .errors import fail
+
+# --------------------------------------------------------------------------- files named on the line
+
+
+def input_file(path: Path, option: str) -> Path:
+    """A usage error (exit 2) for an input file that is missing, a folder, or unreadable.
+
+    Found before any work starts, as click does for its own paths. What is *in* the file
+    (a bad key, a loose mode) is the file's problem, not the command line's: exit 1 later.
+    """
+    hint = f"'{option}'" if option.startswith("-") else option
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else None
+        raise typer.BadParameter(f"{path}: {what or 'no such file'}", param_hint=hint)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise typer.BadParameter(f"{path}: {reason}", param_hint=hint) from None
+    return path
+
+
+def check_keylog(path: Path) -> None:
+    """Fail before any session if the key log cannot be written (it would fail after a handshake)."""
+    try:
+        append_keylog(path, "")  # creates it mode 0600, as the real write would
+    except OSError as exc:
+        fail(f"cannot write the key log {path}: {(exc.strerror or str(exc)).lower()}")
+
+
+def output_file(path: Path, option: str) -> Path:
+    """A usage error for an output path that is a folder (exit 2), as click does for its own."""
+    if path.is_dir():
+        raise typer.BadParameter(f"{path}: a directory", param_hint=f"'{option}'")
+    return path
+
 
 # --------------------------------------------------------------------------- session options
 # One definition for ``kexlab server`` and ``kexlab client``, so both spell and explain them alike.
@@ -29,7 +70,8 @@ KeylogOption = Annotated[
     typer.Option(
         metavar="FILE",
         envvar="KEXLAB_KEYLOGFILE",
-        help="Append each session's traffic secrets (NSS key log style) to FILE.",
+        help="Append each session's traffic secrets (NSS key log style) to FILE: earlier"
+        " sessions stay in it; a new FILE is created mode 0600.",
     ),
 ]
 PcapOption = Annotated[
@@ -37,7 +79,8 @@ PcapOption = Annotated[
     typer.Option(
         "--pcap",
         metavar="FILE",
-        help="Write what crosses the connection(s) to FILE as a pcap (no root needed).",
+        help="Write what crosses the connection(s) to FILE as a pcap (no root needed)."
+        " FILE is replaced on each run, as tcpdump -w does; --keylog appends.",
     ),
 ]
 
@@ -64,6 +107,7 @@ ServerIdOption = Annotated[
     str | None,
     typer.Option(
         "--server-id",
+        metavar="NAME",
         help="The server's name on the broker (topics kexlab/v1/SERVER_ID/...)."
         " Default: this machine's host name (the server's default when it runs here).",
         show_default=False,
@@ -81,11 +125,14 @@ VerifySasOption = Annotated[
 ]
 UsernameOption = Annotated[
     str | None,
-    typer.Option(help="MQTT user name (or KEXLAB_MQTT_USERNAME).", show_default=False),
+    typer.Option(
+        metavar="USER", help="MQTT user name (or KEXLAB_MQTT_USERNAME).", show_default=False
+    ),
 ]
 PasswordFileOption = Annotated[
     Path | None,
     typer.Option(
+        metavar="FILE",
         help="File whose first line is the MQTT password (or KEXLAB_MQTT_PASSWORD_FILE).",
         show_default=False,
     ),
@@ -93,7 +140,9 @@ PasswordFileOption = Annotated[
 CaOption = Annotated[
     Path | None,
     typer.Option(
-        help="PEM CA file for an mqtts:// broker (or KEXLAB_MQTT_CA).", show_default=False
+        metavar="FILE",
+        help="PEM CA file for an mqtts:// broker (or KEXLAB_MQTT_CA).",
+        show_default=False,
     ),
 ]
 
@@ -104,10 +153,28 @@ def mqtt_settings(
     password_file: Path | None = None,
     ca_file: Path | None = None,
 ) -> MqttSettings:
-    """The broker settings from the shared options (unset ones from KEXLAB_MQTT_*); OobError."""
-    return MqttSettings.from_url(
-        url, username=username, password_file=password_file, ca_file=ca_file
-    )
+    """The broker settings from the shared options (unset ones from KEXLAB_MQTT_*).
+
+    Every mistake in them is a usage error (exit 2): a URL that is not mqtt[s]://HOST:PORT,
+    a password file without a user, a CA without TLS, a file that cannot be read.
+    """
+    try:
+        settings = MqttSettings.from_url(
+            url, username=username, password_file=password_file, ca_file=ca_file
+        )
+    except OobError as exc:
+        message = str(exc)
+        option = "--oob"
+        if "password file" in message:
+            option = "--mqtt-username"
+        elif "CA file" in message:
+            option = "--mqtt-ca"
+        raise typer.BadParameter(message, param_hint=f"'{option}'") from None
+    if settings.password_file is not None:
+        input_file(settings.password_file, f"'--mqtt-password-file' / {ENV_PASSWORD_FILE}")
+    if settings.ca_file is not None:
+        input_file(settings.ca_file, f"'--mqtt-ca' / {ENV_CA}")
+    return settings
 
 
 def mqtt_options_need_oob(
@@ -139,6 +206,11 @@ def mqtt_options_need_oob(
                 "needs the MQTT out-of-band channel: add --oob mqtt://HOST:PORT",
                 param_hint=f"'{name}'",
             )
+
+
+def check_server_id_option(value: str | None) -> str | None:
+    """``--server-id`` as a callback: one topic level (usage error otherwise)."""
+    return None if value is None else default_server_id(value)
 
 
 def default_server_id(server_id: str | None) -> str:

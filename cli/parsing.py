@@ -6,12 +6,13 @@ what would be right.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
 import typer
 
-from keystore import parse_psk_spec
+from keystore import parse_psk_spec, psk_note, read_psk_spec
 from protocol import GROUP_NAMES, KEX_NAMES, SUITE_NAMES, CipherSuite, Group, Kex
 from protocol.constants import DEFAULT_PORT
 
@@ -61,15 +62,26 @@ def parse_group(value: str) -> Group:
 
 
 def parse_psk(spec: str) -> tuple[str, bytes]:
-    """``IDENTITY=HEX``: a §3 identity and a key of at least 16 bytes."""
+    """``IDENTITY=HEX`` (or base64): a §3 identity and a key of at least 16 bytes."""
     try:
         return parse_psk_spec(spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
 
+def psk_notes(specs: Sequence[str]) -> list[str]:
+    """One line per ``--psk`` whose key was read as base64, to say so (after parse_psk)."""
+    notes = (psk_note(read_psk_spec(spec)) for spec in specs)
+    return [note for note in notes if note is not None]
+
+
 def parse_address(text: str) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` (port 9700 by default)."""
+    """``HOST``, ``HOST:PORT``, ``V6``, ``[V6]`` or ``[V6]:PORT`` (port 9700 by default).
+
+    As ssh and curl read them: an address with two colons or more is IPv6 and has no
+    port; a port after an IPv6 address needs the brackets (``[::1]:9701``).
+    ``address_note`` says when a form could be read as the other.
+    """
     text = text.strip()
     host, port_text = text, ""
     if text.startswith("["):
@@ -80,8 +92,15 @@ def parse_address(text: str) -> tuple[str, int]:
         if rest and not rest.startswith(":"):
             raise typer.BadParameter(f"{text!r} is not [HOST]:PORT")
         port_text = rest[1:]
+        if not _is_ipv6(host):
+            raise typer.BadParameter(f"{host!r} in brackets is not an IPv6 address")
     elif text.count(":") == 1:
         host, port_text = text.split(":")
+    elif ":" in text and not _is_ipv6(text):
+        raise typer.BadParameter(
+            f"{text!r} is neither HOST:PORT nor an IPv6 address (an IPv6 address with a"
+            " port is written [::1]:9701)"
+        )
     if not host:
         raise typer.BadParameter(f"{text!r} has no host")
     if not port_text:
@@ -89,3 +108,42 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise typer.BadParameter(f"port {port_text!r} is not a number from 1 to 65535")
     return host, int(port_text)
+
+
+def address_note(text: str) -> str | None:
+    """A note when ``text`` is an IPv6 address whose last group looks like a port.
+
+    ``::1:9701`` is the address ::1:9701 on port 9700, not ::1 on port 9701: say so.
+    """
+    text = text.strip()
+    head, _, tail = text.rpartition(":")
+    if text.startswith("[") or text.count(":") < 2 or not tail.isdigit():
+        return None
+    if not _is_ipv6(head.rstrip(":") if head.endswith("::") else head):
+        return None
+    return (
+        f"note: {text!r} is read as the IPv6 address {text}, port {DEFAULT_PORT};"
+        f" for {head} on port {tail} write [{head}]:{tail}"
+    )
+
+
+def parse_listen_host(text: str) -> str:
+    """``--host``: an address or name to listen on; an IPv6 address with or without brackets."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        raise typer.BadParameter("name an address to listen on, e.g. 127.0.0.1 or ::1")
+    if ":" in text and not _is_ipv6(text):
+        raise typer.BadParameter(
+            f"{text!r} is not an IPv6 address (--host takes no port: use --port)"
+        )
+    return text
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text.split("%")[0])  # fe80::1%eth0: a zone is allowed
+    except ValueError:
+        return False
+    return True

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from capture.tap import CaptureFileError, close_pcap, open_pcap
-from explain.console import describe_error
+from explain.console import describe_error, error_line
 from keystore import KeyFileError, data_dir
-from oob import DEFAULT_PSK_WAIT, OobError
-from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
+from oob import DEFAULT_PSK_WAIT
+from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT, KexlabError
 from server.apps import APPS
 from server.oob import ServerOob
 from server.page_log import PageLog
@@ -31,9 +31,12 @@ from .options import (
     ShowSecretsOption,
     UsernameOption,
     VerifySasOption,
+    check_keylog,
     default_server_id,
+    input_file,
     mqtt_options_need_oob,
     mqtt_settings,
+    output_file,
 )
 from .page_options import (
     DeterministicOption,
@@ -43,7 +46,7 @@ from .page_options import (
     seed_of,
     seeded,
 )
-from .parsing import parse_kex_list, parse_psk
+from .parsing import parse_kex_list, parse_listen_host, parse_psk, psk_notes
 
 
 def _check_app(value: str) -> str:
@@ -70,13 +73,28 @@ def _check_psks(values: list[str] | None) -> list[str] | None:
 
 
 def server(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            metavar="ADDRESS",
+            callback=parse_listen_host,
+            help="Address to listen on: 127.0.0.1 (loopback), ::1 (IPv6 loopback), localhost"
+            " (both), or an address of this machine.",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="TCP port to listen on (0: any free port).")
+        int,
+        typer.Option(
+            min=0, max=65535, metavar="PORT", help="TCP port to listen on (0: any free port)."
+        ),
     ] = DEFAULT_PORT,
     kex: Annotated[
         str,
-        typer.Option(callback=_check_kex, help="Key exchange methods to enable, comma-separated."),
+        typer.Option(
+            metavar="LIST",
+            callback=_check_kex,
+            help="Key exchange methods to enable, comma-separated: rsa, dhe, psk.",
+        ),
     ] = "rsa,dhe,psk",
     rsa_key: Annotated[
         Path | None,
@@ -109,7 +127,8 @@ def server(
             "--psk",
             metavar="IDENTITY=HEX",
             callback=_check_psks,
-            help="A pre-shared key handed over out of band (repeatable).",
+            help="A pre-shared key handed over out of band; the key in hex, or in base64 as"
+            " the MQTT channel carries it (repeatable).",
         ),
     ] = None,
     oob: OptionalOobOption = None,
@@ -118,6 +137,7 @@ def server(
         float | None,
         typer.Option(
             min=0,
+            metavar="SECONDS",
             help=f"With --oob: seconds to wait for the key of a PSK identity the server does"
             f" not know yet before answering unknown_psk_identity. Default: {DEFAULT_PSK_WAIT:g}.",
             show_default=False,
@@ -130,6 +150,7 @@ def server(
     app: Annotated[
         str,
         typer.Option(
+            metavar="echo|chat",
             callback=_check_app,
             help="echo: every record comes back as is. chat: every message goes to every"
             " other client, prefixed with the sender's name.",
@@ -144,30 +165,49 @@ def server(
     explain: ExplainOption = False,
     show_secrets: ShowSecretsOption = False,
     max_connections: Annotated[
-        int, typer.Option(min=1, help="Connections served at once; more are refused.")
+        int,
+        typer.Option(min=1, metavar="N", help="Connections served at once; more are refused."),
     ] = DEFAULT_MAX_CONNECTIONS,
     handshake_timeout: Annotated[
         float,
-        typer.Option(min=0.01, help="Seconds a client has to complete its handshake."),
+        typer.Option(
+            min=0.01, metavar="SECONDS", help="Seconds a client has to complete its handshake."
+        ),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
     idle_timeout: Annotated[
         float | None,
         typer.Option(
-            min=0.01, help="Close a session silent for this many seconds (default: never)."
+            min=0.01,
+            metavar="SECONDS",
+            help="Close a session silent for this many seconds (default: never).",
         ),
     ] = None,
     log_format: Annotated[
-        str, typer.Option(callback=_check_log_format, help="text or json (one object per line).")
+        str,
+        typer.Option(
+            metavar="text|json",
+            callback=_check_log_format,
+            help="text or json (one object per line).",
+        ),
     ] = "text",
     html: HtmlDirOption = None,
     deterministic: DeterministicOption = None,
     insecure: InsecureOption = False,
 ) -> None:
-    """Serve KXP/1: agree on a key with each client by rsa, dhe or psk, then echo or chat."""
+    """Serve KXP/1: agree on a key with each client, then echo. Methods: rsa, dhe, psk; --app chat relays."""
     if anonymous and sign_key is not None:
         raise typer.BadParameter(
             "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
         )
+    for path, option in ((rsa_key, "--rsa-key"), (sign_key, "--sign-key")):
+        if path is not None:
+            input_file(path, option)
+    if inbox is not None and inbox.exists() and not inbox.is_dir():
+        raise typer.BadParameter(f"{inbox}: not a directory", param_hint="'--inbox'")
+    if keylog is not None:
+        check_keylog(output_file(keylog, "--keylog"))
+    if pcap is not None:
+        output_file(pcap, "--pcap")
     mqtt = _mqtt(
         oob,
         server_id,
@@ -190,6 +230,8 @@ def server(
         fail(describe_error(exc))
     options.host, options.port = host, port
     options.psks = dict(parse_psk(spec) for spec in psk or [])
+    for note in psk_notes(psk or []):
+        error_line(note)
     options.app, options.keylog, options.explain = app, keylog, explain
     options.max_connections = max_connections
     options.handshake_timeout = handshake_timeout
@@ -203,7 +245,7 @@ def server(
         log.emit("capture", path=str(pcap))
     try:
         asyncio.run(serve(options, log, mqtt))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, KexlabError) as exc:
         fail(describe_error(exc))
     finally:
         if options.pcap is not None and pcap is not None:
@@ -247,10 +289,7 @@ def _mqtt(
             param_hint="'--psk-wait'",
         )
     sid = default_server_id(server_id)
-    try:
-        settings = mqtt_settings(oob, username, password_file, ca_file)
-    except OobError as exc:
-        fail(str(exc))
+    settings = mqtt_settings(oob, username, password_file, ca_file)
     return ServerOob(settings, sid, psk_wait=wait, verify_sas=verify_sas is not None)
 
 

@@ -98,8 +98,14 @@ def render_secrets(console: Console, rows: list[Row], title: str = "session secr
     render_frame(console, "secrets", rows, title)
 
 
-def summary_line(complete: HandshakeComplete, elapsed_ms: float, role: str = "") -> str:
-    """method/group/suite, server key fingerprint, SAS and handshake time, on one line."""
+SUMMARY_INDENT = "    "
+"""Continuation lines of a summary broken to fit a terminal."""
+
+
+def _summary_parts(
+    complete: HandshakeComplete, elapsed_ms: float, role: str, label: str
+) -> list[tuple[str, str]]:
+    """(separator, text) pieces of the summary; a break may only fall between two."""
     if complete.server_key_sha256:
         key = f"server key {short_fingerprint(complete.server_key_sha256)}"
     elif complete.psk_identity:
@@ -107,16 +113,50 @@ def summary_line(complete: HandshakeComplete, elapsed_ms: float, role: str = "")
     else:
         key = "server key none (anonymous: not authenticated)"
     prefix = f"{role}: " if role else ""
-    return (
-        f"{prefix}handshake complete: {complete.summary}, {key},"
-        f" SAS {complete.sas_display}, {elapsed_ms:.1f} ms"
-    )
+    return [
+        ("", f"{label}{prefix}handshake complete:"),
+        (" ", complete.summary),
+        (", ", key),
+        (", ", f"SAS {complete.sas_display}"),
+        (", ", f"{elapsed_ms:.1f} ms"),
+    ]
+
+
+def summary_line(
+    complete: HandshakeComplete,
+    elapsed_ms: float,
+    role: str = "",
+    *,
+    label: str = "",
+    width: int | None = None,
+) -> str:
+    """method/group/suite, server key fingerprint, SAS and handshake time, on one line.
+
+    With ``width`` (a terminal's), the line is broken between its parts instead of where
+    the terminal would cut it (inside a word, through the fingerprint or the SAS).
+    """
+    parts = _summary_parts(complete, elapsed_ms, role, label)
+    lines = [parts[0][1]]
+    for i, (sep, text) in enumerate(parts[1:], 2):
+        # Room for the comma that ends a line broken after this part (not after the last).
+        room = 0 if i == len(parts) else len(parts[i][0].rstrip())
+        if width is None or len(lines[-1]) + len(sep) + len(text) + room <= width:
+            lines[-1] += sep + text
+        else:
+            lines[-1] += sep.rstrip()
+            lines.append(SUMMARY_INDENT + text)
+    return "\n".join(lines)
+
+
+def terminal_width(console: Console) -> int | None:
+    """The width to fit lines to: the terminal's, or None when output goes to a file or a pipe."""
+    return console.width if console.is_terminal else None
 
 
 def render_summary_line(
     console: Console, complete: HandshakeComplete, elapsed_ms: float, role: str = ""
 ) -> str:
-    """Print ``summary_line`` unwrapped and unstyled (scripts grep it); return it."""
-    line = summary_line(complete, elapsed_ms, role)
+    """Print the summary unstyled: one line for scripts, broken between parts on a terminal."""
+    line = summary_line(complete, elapsed_ms, role, width=terminal_width(console))
     console.print(Text(line), soft_wrap=True, highlight=False)
     return line

@@ -43,7 +43,10 @@ def annotate_secrets(
         rows.append(Row(SECRET_OFFSET, "shared_secret", shared_secret, source))
     rows.append(
         Row(
-            SECRET_OFFSET, "master", s.master, f"HKDF-Extract-{suite_hash}(0^HashLen, shared_secret)"
+            SECRET_OFFSET,
+            "master",
+            s.master,
+            f"HKDF-Extract-{suite_hash}(0^HashLen, shared_secret)",
         )
     )
     for name, label, value in (
@@ -55,9 +58,9 @@ def annotate_secrets(
         rows.append(
             Row(SECRET_OFFSET, name, value, f'HKDF-Expand-Label(master, "{label}", TH_keys)')
         )
-    for side, secret_0, epoch, sender in (
-        ("c", s.c_ap_0, client_epoch, "client"),
-        ("s", s.s_ap_0, server_epoch, "server"),
+    for side, secret_0, epoch, direction in (
+        ("c", s.c_ap_0, client_epoch, "client → server"),
+        ("s", s.s_ap_0, server_epoch, "server → client"),
     ):
         keys = epoch_keys(complete.cipher_suite, secret_0, epoch)
         name = f"{side}_ap_{epoch}"
@@ -66,7 +69,7 @@ def annotate_secrets(
                 Row(SECRET_OFFSET, name, keys.secret, f'"traffic upd" applied {epoch} time(s)')
             )
         rows.append(
-            Row(SECRET_OFFSET, f"{name}.key", keys.key, f"AES-GCM key of {sender} → peer records")
+            Row(SECRET_OFFSET, f"{name}.key", keys.key, f"AES-GCM key of the {direction} records")
         )
         rows.append(
             Row(SECRET_OFFSET, f"{name}.iv", keys.iv, "nonce base: nonce = iv XOR (0^4 || seq)")

@@ -14,7 +14,7 @@ from .keys import (
     short_fingerprint,
     write_private_key,
 )
-from .psk import parse_psk_spec
+from .psk import PskSpec, parse_psk_spec, psk_note, read_psk_spec
 from .trust import (
     KnownHosts,
     MqttPinPolicy,
@@ -32,6 +32,7 @@ __all__ = [
     "MqttPinPolicy",
     "NonePolicy",
     "PinPolicy",
+    "PskSpec",
     "ServerKeys",
     "TofuPolicy",
     "TrustPolicy",
@@ -46,6 +47,8 @@ __all__ = [
     "long_fingerprint",
     "parse_psk_spec",
     "parse_trust",
+    "psk_note",
+    "read_psk_spec",
     "short_fingerprint",
     "write_private_key",
 ]

@@ -32,6 +32,9 @@ from .keys import (
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 TRUST_SPECS = "tofu, none, pin:SHA256HEX or pin:FILE"
+"""The policies that need no broker."""
+ALL_TRUST_SPECS = "tofu, none, pin:SHA256HEX, pin:FILE or mqtt (with --oob)"
+"""Every policy, as an error lists them."""
 KNOWN_HOSTS_NAME = "known_hosts"
 
 
@@ -153,7 +156,6 @@ class TofuPolicy(TrustPolicy):
             f" (known {long_fingerprint(known)}, got {long_fingerprint(got)})",
         )
 
-
     def confirm(self, identity: ServerIdentity) -> None:
         """Record the key of a first use, now that the handshake proved it."""
         got = identity.key_sha256.lower()
@@ -163,7 +165,9 @@ class TofuPolicy(TrustPolicy):
             self.known_hosts.add(self.host_port, got)
         except (KeyFileError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            self.notes.append(f"warning: first use not recorded in {self.known_hosts.path}: {reason}")
+            self.notes.append(
+                f"warning: first use not recorded in {self.known_hosts.path}: {reason}"
+            )
             return
         self._known = got
         self.notes.append(
@@ -256,7 +260,7 @@ def parse_trust(spec: str, host_port: str, known_hosts: Path, *, mqtt: bool = Fa
         )
     if spec.startswith("pin:"):
         return _parse_pin(spec[4:])
-    raise ValueError(f"unknown trust policy {spec!r}: use {TRUST_SPECS}")
+    raise ValueError(f"unknown trust policy {spec!r}: use {ALL_TRUST_SPECS}")
 
 
 def _parse_pin(value: str) -> PinPolicy:

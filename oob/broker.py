@@ -7,8 +7,11 @@ every key that crosses it, which is the lesson; ``oob/mosquitto/`` shows the fix
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -112,7 +115,7 @@ class EmbeddedBroker:
             await broker.start()
         except BrokerError as exc:
             cause = exc.__cause__ or exc
-            raise OobError(f"cannot start the MQTT broker on {bind}: {cause}") from None
+            raise OobError(f"cannot start the MQTT broker on {bind}: {_reason(cause)}") from None
         finally:
             amqtt_log.removeFilter(_drop_startup_traceback)
         self._broker = broker
@@ -137,3 +140,15 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a listen failed, in words ("[Errno 98]" and asyncio's address tuple left out)."""
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno).lower()
+        if exc.errno == errno.EADDRINUSE:
+            reason += " (another broker, Mosquitto perhaps, holds that port: stop it or use --port)"
+        return reason
+    return str(exc)

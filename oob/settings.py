@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -157,13 +158,56 @@ def _new_client(settings: MqttSettings, timeout: float) -> aiomqtt.Client:
 
 
 def broker_error(settings: MqttSettings, exc: BaseException) -> BrokerUnavailable:
-    """One line for a failed connection: where, as whom, and what the broker or OS said."""
+    """One line for a failed connection: where, as whom, what went wrong and what to do."""
     detail = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__  # aiomqtt keeps the socket's error there
     if isinstance(exc, TimeoutError):
         detail = "did not answer"
     elif isinstance(exc, MqttConnectError):
         detail = f"login refused ({detail})"
+    elif isinstance(cause, ssl.SSLCertVerificationError):
+        detail = _certificate_refused(settings, cause)
+    elif isinstance(cause, OSError) and cause.errno in _SOCKET_HINTS:
+        detail = f"{os.strerror(cause.errno).lower()}: {_SOCKET_HINTS[cause.errno](settings)}"
     return BrokerUnavailable(f"MQTT broker {settings.describe()} unavailable: {detail}")
+
+
+_SOCKET_HINTS = {
+    errno.ECONNREFUSED: lambda s: (
+        "is the broker running? kexlab broker, or mosquitto -c"
+        " oob/mosquitto/open.conf"
+        + (f"; its TLS listener is usually on {DEFAULT_PORTS['mqtts']}" if s.tls else "")
+    ),
+    errno.ECONNRESET: lambda s: (
+        f"is port {s.port} a TLS listener? mqtts:// needs one,"
+        f" {DEFAULT_PORTS['mqtts']} in the lab; mqtt:// needs a plain one"
+        if s.tls
+        else "the broker hung up"
+    ),
+}
+
+
+def _certificate_refused(settings: MqttSettings, exc: ssl.SSLCertVerificationError) -> str:
+    """Why the broker's certificate was not accepted, and the option that fixes it."""
+    why = f"CERTIFICATE_VERIFY_FAILED: {exc.verify_message or exc}"
+    if exc.verify_code in (_X509_HOSTNAME_MISMATCH, _X509_IP_MISMATCH):
+        return (
+            f"the broker's TLS certificate is not for {settings.host!r} ({why}): connect with"
+            " a name the certificate holds (make-lab-broker.sh's: localhost, 127.0.0.1, ::1)"
+        )
+    if settings.ca_file is None:
+        return (
+            f"the broker's TLS certificate is not signed by a CA this machine trusts ({why}):"
+            " give the CA that signed it with --mqtt-ca FILE (or KEXLAB_MQTT_CA)"
+        )
+    return (
+        f"the broker's TLS certificate is not signed by the CA in {settings.ca_file} ({why}):"
+        " is it the CA that signed this broker's certificate?"
+    )
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_X509_HOSTNAME_MISMATCH, _X509_IP_MISMATCH = 62, 64
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,9 @@ log = logging.getLogger("kexlab.oob")
 DEFAULT_PSK_WAIT = 3.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 10.0
+# An outage is logged with its reason each time the reason changes (the broker went away,
+# then refused the login), and again at most this often while it stays the same.
+OUTAGE_REPEAT = 30.0
 _MALFORMED_MEMORY = 256
 
 
@@ -56,6 +60,7 @@ class ServerChannel:
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
         connect_timeout: float = CONNECT_TIMEOUT,
+        outage_repeat: float = OUTAGE_REPEAT,
     ) -> None:
         self.settings = settings
         self.server_id = check_server_id(server_id)
@@ -67,6 +72,7 @@ class ServerChannel:
         """How many times the subscription has been (re)established."""
         self._backoff = (backoff_initial, backoff_max)
         self._connect_timeout = connect_timeout
+        self._outage_repeat = outage_repeat
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._malformed_seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
@@ -129,6 +135,8 @@ class ServerChannel:
     async def _run(self) -> None:
         delay = self._backoff[0]
         outage_logged = False
+        said, said_at = "", -math.inf  # the last reason logged, and when
+        clock = asyncio.get_running_loop().time
         while True:
             try:
                 async with connect(self.settings, self._connect_timeout) as client:
@@ -140,14 +148,20 @@ class ServerChannel:
                     else:
                         log.info("MQTT: subscribed to %s on %s", self._filter, self.settings.url)
                     delay, outage_logged = self._backoff[0], False
+                    said = ""
                     async for message in client.messages:
                         self._on_message(message)
             except OobError as exc:
-                if not outage_logged:
-                    log.warning("%s; retrying in the background", exc)
-                    outage_logged = True
+                # Say why every time the reason changes, and repeat it while it lasts, at most
+                # once per outage_repeat: a login refused after a disconnect must not hide.
+                reason = str(exc)
+                if reason != said or clock() - said_at >= self._outage_repeat:
+                    again = " (still)" if reason == said else ""
+                    log.warning("%s%s; retrying in the background", reason, again)
+                    said, said_at = reason, clock()
                 else:
                     log.debug("MQTT retry failed: %s", exc)
+                outage_logged = True
             except Exception:
                 # A server must outlive its out-of-band channel: log the surprise, retry.
                 log.exception("MQTT subscriber failed; retrying")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ from rich.console import Console
 
 from explain.console import out
 from explain.explainer import Explainer
-from explain.render import summary_line
+from explain.render import SUMMARY_INDENT, summary_line, terminal_width
 from protocol import FrameTraced, HandshakeComplete
 
 from .server import ServerObserver
@@ -35,7 +36,19 @@ class ServerLog(ServerObserver):
             record.update(fields)
             out(json.dumps(record, sort_keys=False, default=str))
             return
-        out(self._text(event, peer, fields))
+        text = self._text(event, peer, fields)
+        width = terminal_width(self.console)
+        if width is not None and len(text) > width:
+            # On a terminal, break between words rather than through a fingerprint or a path;
+            # a file or a pipe gets one line per event.
+            text = textwrap.fill(
+                text,
+                width,
+                subsequent_indent=SUMMARY_INDENT,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        out(text)
 
     @staticmethod
     def _text(event: str, peer: str, fields: dict[str, Any]) -> str:
@@ -57,7 +70,9 @@ class ServerLog(ServerObserver):
         if event == "sas-verified":
             sas = fields.get("sas", "")
             return f"{where}SAS verified over MQTT: the client computed the same SAS ({sas} …)"
-        detail = " ".join(f"{k}={v}" for k, v in fields.items())
+        # A fingerprint is shown bare, SHA256:..., as the client shows it: it names itself,
+        # and without "fingerprint=" it fits an 80-column line.
+        detail = " ".join(str(v) if k == "fingerprint" else f"{k}={v}" for k, v in fields.items())
         return f"{where}{event}{': ' + detail if detail else ''}"
 
     def log(self, event: str, peer: str, fields: dict[str, Any]) -> None:
@@ -95,7 +110,8 @@ class ServerLog(ServerObserver):
                 ms=round(ms, 1),
             )
         else:
-            out(f"[{peer}] {summary_line(hc, ms, 'server')}")
+            width = terminal_width(self.console)  # a file or a pipe gets one line per event
+            out(summary_line(hc, ms, "server", label=f"[{peer}] ", width=width))
         if self.explain or self.show_secrets:
             explainer = self._explainer(peer)
             explainer.complete = hc

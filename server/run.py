@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import errno
 import math
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +21,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
+from keystore import (
+    KeyFileError,
+    data_dir,
+    ensure_server_keys,
+    fingerprint,
+    load_private_key,
+    long_fingerprint,
+)
 from oob.payloads import psk_filter
-from protocol import KEX_NAMES, METHODS, Kex
+from protocol import KEX_NAMES, METHODS, Kex, KexlabError
 from protocol.kex import ServerPrivateKey
 
 from .log import ServerLog
@@ -39,7 +48,11 @@ def server_options(
     log: ServerLog,
     inbox: Path,
 ) -> ServerOptions:
-    """Load or create the keys the enabled methods need."""
+    """Load or create the keys the enabled methods need; log each as ``fingerprint=SHA256:...``.
+
+    The form the client prints (``first use: recorded server key SHA256:...``, and the
+    summary lines of both sides), so that a student can compare them by eye.
+    """
     rsa_key: rsa.RSAPrivateKey | None = None
     transport = any(METHODS[k].server_key_role == "transport" for k in methods)
     signs = any(METHODS[k].server_signs for k in methods) and not anonymous
@@ -49,18 +62,34 @@ def server_options(
         if not isinstance(key, rsa.RSAPrivateKey):
             raise KeyFileError(f"{rsa_path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
         rsa_key = key
-        log.emit("key", role="rsa", sha256=fingerprint(key), path=str(rsa_path))
+        log.emit(
+            "key", role="rsa", fingerprint=long_fingerprint(fingerprint(key)), path=str(rsa_path)
+        )
     elif needs_rsa:
         keys = ensure_server_keys(data_dir())
         rsa_key = keys.rsa_key
         if keys.created:
-            log.emit("key-created", path=str(keys.rsa_path), sha256=keys.fingerprint)
-        log.emit("key", role="rsa", sha256=keys.fingerprint, path=str(keys.rsa_path))
+            log.emit(
+                "key-created",
+                path=str(keys.rsa_path),
+                fingerprint=long_fingerprint(keys.fingerprint),
+            )
+        log.emit(
+            "key",
+            role="rsa",
+            fingerprint=long_fingerprint(keys.fingerprint),
+            path=str(keys.rsa_path),
+        )
     sign_key: ServerPrivateKey | None = None
     if signs:
         if sign_path is not None:
             sign_key = load_private_key(sign_path)
-            log.emit("key", role="sign", sha256=fingerprint(sign_key), path=str(sign_path))
+            log.emit(
+                "key",
+                role="sign",
+                fingerprint=long_fingerprint(fingerprint(sign_key)),
+                path=str(sign_path),
+            )
         else:
             sign_key = rsa_key
     return ServerOptions(
@@ -77,8 +106,11 @@ async def serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None =
     if mqtt is not None:
         mqtt.attach(options)
     srv = KexlabServer(options, log)
-    host, port = await srv.start()
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        host, port = await srv.start()
+    except OSError as exc:
+        raise listen_error(options.host, options.port, exc) from None
+    shown = _address(host, port)
     methods = ",".join(KEX_NAMES[k] for k in sorted(options.kex_methods))
     log.emit(
         "listening",
@@ -107,6 +139,37 @@ async def serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None =
         if mqtt is not None:
             await mqtt.stop()
     log.emit("stopped", connections_closed=len(srv.streams) == 0)
+
+
+class ListenError(KexlabError):
+    """The server cannot listen where it was told to: one line with the address and the fix."""
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another program holds that port (a kexlab server already running?):"
+    " stop it, or choose another port with --port (--port 0 picks a free one)",
+    errno.EADDRNOTAVAIL: "--host must be an address of this machine (127.0.0.1, ::1, or an"
+    " address of one of its interfaces)",
+    errno.EACCES: "ports below 1024 need root: choose another with --port (default 9700)",
+}
+_NAME_HINT = "--host takes an address of this machine (127.0.0.1, ::1) or a name for one"
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ListenError:
+    """``cannot listen on HOST:PORT: why; what to do`` (asyncio's own text names a tuple)."""
+    if isinstance(exc, socket.gaierror):
+        reason, hint = (exc.strerror or str(exc)).lower(), _NAME_HINT
+    else:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        hint = _LISTEN_HINTS.get(exc.errno or 0, "")
+    return ListenError(
+        f"cannot listen on {_address(host, port)}: {reason}" + (f"; {hint}" if hint else "")
+    )
+
+
+def _address(host: str, port: int) -> str:
+    """host:port, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -152,7 +215,8 @@ def _announce(mqtt: ServerOob, options: ServerOptions, address: str, log: Server
         broker=mqtt.settings.describe(),
         server_id=mqtt.server_id,
         subscribe=psk_filter(mqtt.server_id),
-        fingerprint=f"{announced[0]}:{announced[1]}" if announced else "-",
+        announces=f"{announced[0]} key" if announced else "no key",
+        fingerprint=long_fingerprint(announced[1]) if announced else "-",
         psk_wait=mqtt.psk_wait,
         verify_sas=mqtt.verify_sas,
     )

@@ -173,7 +173,7 @@ def test_plot_needs_a_bulk_figure(tmp_path: Path) -> None:
     """A plot of throughput needs a throughput measurement."""
     result = run("--only", "pingpong", "--plot", str(tmp_path / "p.png"))
     assert result.exit_code == 2
-    assert "--plot needs at least one bulk measurement" in one_line(result.stderr)
+    assert "'--plot': needs at least one bulk measurement" in one_line(result.stderr)
 
 
 def test_unknown_only_is_a_usage_error() -> None:

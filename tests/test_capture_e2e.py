@@ -148,7 +148,7 @@ def _client(lab: Lab, name: str) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"client: handshake complete: {name}/"), result.stdout
-    assert lines[1:] == list(MESSAGES[name])  # the echoes, exactly
+    assert lines[1:] == [f"echo: {m}" for m in MESSAGES[name]]  # the echoes, exactly
 
 
 @pytest.fixture(scope="module")
@@ -384,9 +384,13 @@ def test_an_unwritable_pcap_is_one_line_and_exit_1(lab: Lab) -> None:
     assert (
         client.stderr == f"error: cannot write the capture {missing}: no such file or directory\n"
     )
+    # A folder named as the output file is a usage mistake (exit 2), as `keygen -o DIR` is.
     server = _kexlab(lab.home, "server", "--port", "0", "--pcap", str(lab.tmp))
-    assert server.returncode == 1
-    assert server.stderr == f"error: cannot write the capture {lab.tmp}: is a directory\n"
+    assert server.returncode == 2
+    assert server.stderr == (
+        f"kexlab server: error: Invalid value for '--pcap': {lab.tmp}: a directory"
+        " (see 'kexlab server --help')\n"
+    )
     assert "listening" not in server.stdout
 
 

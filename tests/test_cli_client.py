@@ -89,7 +89,7 @@ def test_send_prints_each_echo_and_the_summary(
     assert re.search(r"SAS [0-9a-f]{4} [0-9a-f]{4} [0-9a-f]{4} [0-9a-f]{4}, \d+\.\d ms$", line)
     if "psk" not in expect:
         assert short_fingerprint(home_fingerprint(home)) in line
-    assert lines[-2:] == ["hello", "second message"]
+    assert lines[-2:] == ["echo: hello", "echo: second message"]
     server_sas = srv.recorder.handshakes[-1].sas_display
     assert f"SAS {server_sas}," in line  # both sides print the same SAS
 
@@ -112,7 +112,7 @@ def test_ffdhe3072(srv: ThreadServer) -> None:
 def test_stdin_lines_are_messages(srv: ThreadServer) -> None:
     result = invoke(srv.address, input="first\n\nthird line\n")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-3:] == ["first", "", "third line"]
+    assert result.stdout.splitlines()[-3:] == ["echo: first", "echo: ", "echo: third line"]
     assert srv.recorder.handshakes
 
 
@@ -136,7 +136,7 @@ def test_send_and_send_file_together(srv: ThreadServer, tmp_path: Path) -> None:
     src.write_bytes(b"\x00\x01")
     result = invoke(srv.address, "--send", "msg", "--send-file", str(src))
     assert result.exit_code == 0, result.output
-    assert "msg" in result.stdout.splitlines() and "file sent: a.bin" in result.stdout
+    assert "echo: msg" in result.stdout.splitlines() and "file sent: a.bin" in result.stdout
 
 
 def test_explain_prints_annotated_frames(srv: ThreadServer) -> None:
@@ -295,7 +295,10 @@ def test_connection_refused() -> None:
     port = free_port()
     result = invoke(f"127.0.0.1:{port}", "--send", "x")
     assert result.exit_code == 1
-    assert error_of(result) == f"error: cannot connect to 127.0.0.1:{port}: connection refused"
+    assert error_of(result) == (
+        f"error: cannot connect to 127.0.0.1:{port}: connection refused;"
+        f" is a kexlab server running with --port {port}?"
+    )
 
 
 def test_timeout_against_a_silent_server() -> None:
@@ -362,7 +365,7 @@ def test_python_m_client_is_the_same_command(srv: ThreadServer) -> None:
     assert command.callback is client_command
     result = runner.invoke(python_m_app, [srv.address, "--send", "via -m"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == "via -m"
+    assert result.stdout.splitlines()[-1] == "echo: via -m"
     bad = runner.invoke(python_m_app, [srv.address, "--kex", "nope"])
     assert bad.exit_code == 2 and "unknown key exchange 'nope'" in bad.stderr
     # client/__main__.py runs exactly that app, under its own name.

@@ -71,7 +71,7 @@ def test_each_method_end_to_end(home: Path, args: list[str], method: str) -> Non
         assert result.returncode == 0, result.stderr
         out = result.stdout.splitlines()
         assert out[0].startswith(f"client: handshake complete: {method}, ")
-        assert out[1:] == ["hello from a real process", "two"]
+        assert out[1:] == ["echo: hello from a real process", "echo: two"]
         if method.startswith("psk"):
             assert "psk identity lab" in out[0]
         else:
@@ -91,7 +91,7 @@ def test_stdin_pipe_and_python_m_modules(home: Path) -> None:
             srv.address, input="line one\nline two\n", cmd=[sys.executable, "-m", "client"]
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[1:] == ["line one", "line two"]
+        assert result.stdout.splitlines()[1:] == ["echo: line one", "echo: line two"]
         code, _ = srv.stop(signal.SIGTERM)
     assert code == 0
 
@@ -134,7 +134,7 @@ def test_changed_server_key_is_refused_with_bad_certificate_on_the_wire(home: Pa
             r"connection failed: client sent alert bad_certificate \(42\): server key changed"
         )
         pinned = run_client(srv.address, "--trust", f"pin:{real}", "--send", "pinned")
-        assert pinned.returncode == 0 and pinned.stdout.splitlines()[-1] == "pinned"
+        assert pinned.returncode == 0 and pinned.stdout.splitlines()[-1] == "echo: pinned"
         none = run_client(srv.address, "--trust", "none", "--send", "unauthenticated")
         assert none.returncode == 0 and none.stderr.startswith("warning: trust none")
 
@@ -285,9 +285,9 @@ def test_an_openssl_genpkey_key_serves_as_rsa_key(home: Path, tmp_path: Path) ->
             srv.address, "--kex", "rsa", "--trust", f"pin:{openssl_fp}", "--send", "openssl"
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[-1] == "openssl"
+        assert result.stdout.splitlines()[-1] == "echo: openssl"
         srv.stop()
-    assert f"sha256={openssl_fp}" in "\n".join(srv.lines)
+    assert f"SHA256:{openssl_fp}" in "\n".join(srv.lines)
 
 
 def test_key_log_matches_section_9_and_the_connections_secrets(home: Path, tmp_path: Path) -> None:

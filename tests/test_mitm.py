@@ -114,7 +114,7 @@ def test_trust_none_lets_the_attacker_read_and_rewrite(kex: str) -> None:
         )
         verdict = mitm.wait_verdict()
     assert code == 0, err
-    assert out.splitlines()[-1] == "my public plan"  # the echo of what the attacker sent
+    assert out.splitlines()[-1] == "echo: my public plan"  # the echo of what the attacker sent
     assert "warning: trust none" in err
     assert verdict == "WON: read 2 records, rewrote 1 (the client closed (close_notify))"
     assert any(
@@ -252,7 +252,7 @@ async def test_psk_over_an_open_broker_is_read_by_the_attacker(open_broker: Mosq
     finally:
         await asyncio.to_thread(srv.__exit__, None, None, None)
     assert code == 0, err
-    assert out.splitlines()[-1] == "psk secret"
+    assert out.splitlines()[-1] == "echo: psk secret"
     assert verdict.startswith("WON: read 2 records")
     assert any("sniffed on the broker" in line for line in mitm.lines)
     assert any('client → server "psk secret"' in line for line in mitm.lines)

@@ -389,5 +389,8 @@ async def test_broker_stops_and_returns_subscriber_reconnects_and_resubscribes(
         assert channel.lookup("before") == first  # the table outlives the connection
         # Both brokers lost the retained fingerprint; the server published it again.
         assert await fetch_fingerprint(settings, SID, 5) == FINGERPRINT
-    assert len(oob_warnings(oob_log, "unavailable")) == 1
+    # One line per reason (dropped, then refused while it was down), never one per retry.
+    outage = oob_warnings(oob_log, "unavailable")
+    assert 1 <= len(outage) == len(set(outage)), outage
+    assert "Disconnected during message iteration" in outage[0]
     assert len(oob_warnings(oob_log, "reconnected")) == 1

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import typer
 from oob_brokers import (
     CLIENT_USER,
     GUEST_USER,
@@ -36,7 +35,7 @@ from oob_brokers import (
 )
 from typer.testing import CliRunner
 
-from cli.oob_commands import broker, psk_send
+from cli.main import app
 from oob import PUBACK_CAVEAT, MqttSettings, ServerChannel, publish_psk
 from oob.settings import connect
 
@@ -45,17 +44,7 @@ FAST = {"backoff_initial": 0.05, "backoff_max": 0.2}
 KEY_LINE = re.compile(r"(psk-[0-9a-f]{16})=([0-9a-f]{64})")
 
 
-def make_app() -> typer.Typer:
-    """The two commands, registered the way cli/main.py is told to."""
-    app = typer.Typer(add_completion=False)
-    app.command("broker")(broker)
-    psk_app = typer.Typer()
-    psk_app.command("send")(psk_send)
-    app.add_typer(psk_app, name="psk")
-    return app
-
-
-APP = make_app()
+APP = app  # the real command group: one-line errors and exit codes as users get them
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
@@ -129,9 +118,9 @@ async def test_psk_send_with_the_broker_down_fails_fast_in_one_line() -> None:
 )
 async def test_psk_send_refuses_bad_options_in_one_line(args: list[str], expected: str) -> None:
     code, out, err = await invoke(["psk", "send", "--server-id", SID, *args])
-    assert code == 1
+    assert code == 2  # usage mistakes
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert err.count("\n") == 1 and err.startswith("kexlab psk send: error: ")
     assert expected in err
 
 

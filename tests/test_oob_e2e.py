@@ -135,7 +135,8 @@ async def test_psk_fingerprint_and_sas_over_mqtt(lab: LabBroker, home: Path) -> 
     fp = home_fingerprint(home)
     async with serving(*mqtt_args(lab), "--verify-sas", "mqtt") as srv:
         await line(srv, SUBSCRIBED)
-        assert f"fingerprint=sign:{fp}" in (await line(srv, r"^mqtt: broker=")).string
+        announced = (await line(srv, r"^mqtt: broker=")).string
+        assert f"announces=sign key SHA256:{fp}" in announced
 
         psk = await client(
             srv.address, *mqtt_args(lab), "--kex", "psk", "--verify-sas", "mqtt",
@@ -145,7 +146,7 @@ async def test_psk_fingerprint_and_sas_over_mqtt(lab: LabBroker, home: Path) -> 
         identity = IDENTITY.search(out[0])
         assert identity and out[0].startswith("client: handshake complete: psk/aes256")
         assert out[1].startswith("SAS verified over MQTT: the server computed the same SAS")
-        assert out[2:] == ["hello over mqtt"]
+        assert out[2:] == ["echo: hello over mqtt"]
         # It says what it knows (the broker's PUBACK), never that the server got the key.
         assert f"published PSK '{identity.group(1)}'" in psk.stderr
         assert "does not prove that the server can read it" in psk.stderr
@@ -209,10 +210,10 @@ async def test_broker_down_at_start_then_up(kind: str, tmp_path: Path) -> None:
             for method in ("rsa", "dhe"):
                 out = ok(await client(srv.address, "--kex", method, "--send", method))
                 assert out[0].startswith(f"client: handshake complete: {method}/")
-                assert out[1:] == [method]
+                assert out[1:] == [f"echo: {method}"]
             await line(srv, r"^oob: MQTT: reconnected to .* and resubscribed")
             out = ok(await client(srv.address, *mqtt_args(broker), "--kex", "psk", "--send", "y"))
-            assert out[0].startswith("client: handshake complete: psk/") and out[1:] == ["y"]
+            assert out[0].startswith("client: handshake complete: psk/") and out[1:] == ["echo: y"]
             await stop(srv)
         finally:
             await broker.stop()
@@ -235,10 +236,10 @@ async def test_broker_stops_and_returns_while_the_server_runs(lab: LabBroker) ->
         finally:
             await session.close()
         psk = await client(srv.address, *mqtt_args(lab), "--kex", "psk", "--send", "new key")
-        assert ok(psk)[1:] == ["new key"]
+        assert ok(psk)[1:] == ["echo: new key"]
         # amqtt forgets retained messages when it stops: the server announced again.
         pinned = await client(srv.address, *mqtt_args(lab), "--trust", "mqtt", "--send", "z")
-        assert ok(pinned)[1:] == ["z"]
+        assert ok(pinned)[1:] == ["echo: z"]
         assert count(srv, r"connection failed") == 0
         await stop(srv)
 
@@ -263,7 +264,7 @@ async def test_malformed_payloads_are_logged_once_and_ignored(lab: LabBroker) ->
                     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                     await attacker.publish(f"kexlab/v1/{SID}/psk/{name}", payload, qos=1)
         out = ok(await client(srv.address, *mqtt_args(lab), "--kex", "psk", "--send", "fine"))
-        assert out[1:] == ["fine"]
+        assert out[1:] == ["echo: fine"]
         await line(srv, r"PSK for identity 'psk-[0-9a-f]{16}' received")
         for name, _body in MALFORMED:
             assert count(srv, rf"^oob: MQTT: ignored a malformed message on .*/psk/{name}: ") == 1
@@ -313,11 +314,11 @@ async def test_acl_denied_publish_is_not_claimed_as_delivered(tmp_path: Path, ho
             allowed = await client(
                 srv.address, *args, "--kex", "psk", "--send", "ok", env=creds(CLIENT_USER)
             )
-            assert ok(allowed)[1:] == ["ok"]
+            assert ok(allowed)[1:] == ["echo: ok"]
             pinned = await client(
                 srv.address, *args, "--trust", "mqtt", "--send", "ok", env=creds(CLIENT_USER)
             )
-            assert ok(pinned)[1:] == ["ok"]
+            assert ok(pinned)[1:] == ["echo: ok"]
             await stop(srv)
 
 

@@ -118,12 +118,12 @@ def test_server_option_errors(args: list[str], message: str) -> None:
         ),
     ],
 )
-def test_broker_settings_errors_are_one_line_exit_1(
+def test_broker_settings_errors_are_usage_errors(
     command: list[str], args: list[str], env: dict[str, str], message: str
 ) -> None:
     result = runner.invoke(app, [*command, *args], env=env)
-    assert result.exit_code == 1
-    assert one_line(result.stderr).startswith("error: ")
+    assert result.exit_code == 2  # issue 12 item 4: usage mistakes (were exit 1)
+    assert one_line(result.stderr).startswith(f"kexlab {command[0]}: error: ")
     assert message in result.stderr
 
 
@@ -157,6 +157,7 @@ def test_mqtt_settings_reads_options_then_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     ca = tmp_path / "ca.pem"
+    ca.write_text("a CA file that exists\n")  # a missing one is a usage error
     monkeypatch.setenv("KEXLAB_MQTT_USERNAME", "from-env")
     monkeypatch.setenv("KEXLAB_MQTT_CA", str(ca))
     settings = mqtt_settings("mqtts://broker:8883")

@@ -177,7 +177,10 @@ def test_pin_file_that_is_a_private_key(tmp_path: Path, known: Path) -> None:
     ("spec", "message"),
     [
         ("", "unknown trust policy ''"),
-        ("trust-me", "unknown trust policy 'trust-me': use tofu, none, pin:SHA256HEX or pin:FILE"),
+        (
+            "trust-me",
+            "unknown trust policy 'trust-me': use tofu, none, pin:SHA256HEX, pin:FILE or mqtt",
+        ),
         ("TOFU", "unknown trust policy"),
         ("pin", "unknown trust policy"),
         ("pin:", "pin: needs the server key's SHA-256"),
