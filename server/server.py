@@ -244,9 +244,12 @@ class KexlabServer:
         ms = (time.perf_counter() - started) * 1000.0
         if self.options.keylog is not None:
             try:
-                append_keylog(self.options.keylog, hc.keylog)
+                warning = append_keylog(self.options.keylog, hc.keylog)
             except OSError as exc:
-                self._log("keylog-error", peer, reason=str(exc))
+                self._log("keylog-error", peer, path=str(self.options.keylog), reason=str(exc))
+            else:
+                if warning is not None:
+                    self._log("keylog-warning", peer, reason=warning)  # once: now 0600
         with contextlib.suppress(Exception):  # a broken log sink must not kill a connection
             self.observer.handshake(peer, hc, ms)
         if self.options.sas_check is not None:
