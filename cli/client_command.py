@@ -23,7 +23,7 @@ from oob import OobError
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, KEX_NAMES, METHODS, Kex, ProtocolError
 from protocol.constants import MAX_CONTENT
 from transport import TransportError
-from transport.keylog import append_keylog
+from transport.keylog import KeylogRefused, append_keylog
 
 from .errors import fail, single_command_app
 from .options import (
@@ -276,9 +276,13 @@ def _check_readable(path: Path) -> None:
 def _check_keylog(path: Path) -> None:
     """Fail before connecting if the key log cannot be written (it would fail after the handshake)."""
     try:
-        append_keylog(path, "")  # creates it mode 0600, as the real write would
+        warning = append_keylog(path, "")  # creates it mode 0600, as the real write would
+    except KeylogRefused as exc:
+        fail(f"cannot write the key log {path}: {exc}")
     except OSError as exc:
         fail(f"cannot write the key log {path}: {(exc.strerror or str(exc)).lower()}")
+    if warning is not None:
+        error_line(f"warning: {warning}")
 
 
 def client_oob(
