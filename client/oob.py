@@ -18,6 +18,7 @@ from oob import (
     MqttSettings,
     OobError,
     PskPublication,
+    describe_match,
     exchange_sas,
     fetch_fingerprint,
     fingerprint_topic,
@@ -89,23 +90,21 @@ class ClientOob:
                 f"{message} (server sent alert {exc.name} ({exc.code}))"
             ) from None
 
-    async def check_sas(self, session: ClientSession) -> str:
-        """Compare the SAS with the server's; the line to print on a match.
+    async def check_sas(self, session: ClientSession) -> tuple[str, bool]:
+        """Compare the SAS with the server's: the line to print on a match, and whether it
+        may say "verified" (never where others can publish on the server's topic).
 
         On a mismatch, or when no comparison could be made, the connection is aborted
         (handshake_failure) and the ``ProtocolError`` saying why is raised.
         """
         hc = session.handshake
         try:
-            same = await exchange_sas(
+            result = await exchange_sas(
                 self.settings, self.server_id, hc.client_random, "client", hc.sas, self.sas_timeout
             )
         except OobError as exc:
             reason = f"SAS not compared: {exc}"
             raise session.stream.abort(AlertCode.HANDSHAKE_FAILURE, reason) from None
-        if not same:
+        if not result.match:
             raise session.stream.abort(AlertCode.HANDSHAKE_FAILURE, SAS_MISMATCH)
-        return (
-            f"SAS verified over MQTT: the server computed the same SAS, all {len(hc.sas) * 8}"
-            f" bits ({hc.sas_display} …)"
-        )
+        return describe_match(result, "client", hc.sas_display, len(hc.sas) * 8)

@@ -49,8 +49,19 @@ LISTEN_BACKLOG = 1024
 SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to answer its close_notify when it stops."""
 
-SasCheck = Callable[[HandshakeComplete], Awaitable[str | None]]
-"""Compare a session's SAS with the client's out of band: None if they match, else why not."""
+
+@dataclass(frozen=True)
+class SasOutcome:
+    """A session's SAS compared with the client's out of band."""
+
+    failure: str | None
+    """Why the session must end (a mismatch, no answer); None: it may go on."""
+    line: str = ""
+    """What the comparison showed and what it cannot prove, for the log."""
+
+
+SasCheck = Callable[[HandshakeComplete], Awaitable[SasOutcome]]
+"""Compare a session's SAS with the client's out of band (``--verify-sas mqtt``)."""
 
 
 @dataclass
@@ -274,11 +285,12 @@ class KexlabServer:
     async def _check_sas(self, stream: KxpStream, peer: str, hc: HandshakeComplete) -> None:
         """Hold the app until the client's SAS matched ours; abort the connection if not."""
         assert self.options.sas_check is not None
-        reason = await self.options.sas_check(hc)
-        if reason is not None:
+        outcome = await self.options.sas_check(hc)
+        if outcome.failure is not None:
             # The handshake itself succeeded, but nobody can vouch for the key it produced.
-            raise stream.abort(AlertCode.HANDSHAKE_FAILURE, reason)
-        self._log("sas-verified", peer, sas=hc.sas_display)
+            raise stream.abort(AlertCode.HANDSHAKE_FAILURE, outcome.failure)
+        # Never "verified": a client's SAS over MQTT proves only who may write its topic.
+        self._log("sas-matched", peer, sas=hc.sas_display, detail=outcome.line)
 
     def _lookup_psk(self, identity: str) -> bytes | None:
         """``--psk`` keys first, then keys received out of band."""

@@ -128,7 +128,10 @@ async def test_sas_exchange_works_through_the_acl(hardened: Mosquitto) -> None:
         exchange_sas(hardened.settings(CLIENT_USER), SID, client_random, "client", sas, 5),
         exchange_sas(hardened.settings(SERVER_USER), SID, client_random, "server", sas, 5),
     )
-    assert results == [True, True]
+    assert [r.match for r in results] == [True, True]
+    # The ACL dropped each side's probe on the other's topic: the client may say
+    # "verified"; the server never does (any client account may write sas/+/client).
+    assert [r.peer_topic_open for r in results] == [False, False]
 
 
 async def test_a_client_cannot_speak_for_the_server_in_the_sas_exchange(
@@ -143,7 +146,7 @@ async def test_a_client_cannot_speak_for_the_server_in_the_sas_exchange(
     async with connect(hardened.settings(CLIENT_USER)) as mitm:
         await mitm.publish(
             f"kexlab/v1/{SID}/sas/{client_random.hex()}/server",
-            json.dumps({"sas": sas.hex()}).encode(),
+            json.dumps({"role": "server", "sas": sas.hex()}).encode(),
             qos=1,
         )
     with pytest.raises(OobTimeout, match="no SAS from the server"):
