@@ -54,18 +54,13 @@ class ServerLog(ServerObserver):
             return f"{where}connection failed: {fields.get('reason', '')}"
         if event == "oob":  # a line of the MQTT channel's own log (server/oob.py)
             return f"oob: {fields.get('message', '')}"
-        if event == "sas-verified":
-            sas = fields.get("sas", "")
-            return f"{where}SAS verified over MQTT: the client computed the same SAS ({sas} …)"
+        if event == "sas-matched":  # never "verified": see oob/sas.py describe_match
+            return f"{where}{fields.get('detail', '')}"
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
         return f"{where}{event}{': ' + detail if detail else ''}"
 
     def log(self, event: str, peer: str, fields: dict[str, Any]) -> None:
         """ServerObserver: structured events."""
-        if event == "sas-verified" and not self.json:
-            text = self._text(event, peer, fields)
-            self.console.print(text, style="green", soft_wrap=True, markup=False, highlight=False)
-            return
         self.emit(event, peer, **fields)
         if event in ("closed", "error", "refused"):
             self._explainers.pop(peer, None)
