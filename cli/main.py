@@ -10,6 +10,7 @@ from cli.decrypt import decrypt
 from cli.demo import demo
 from cli.errors import KexlabGroup
 from cli.keygen import keygen
+from cli.known_hosts import known_hosts_app
 from cli.oob_commands import broker, psk_send
 from cli.server_command import server
 
@@ -32,6 +33,7 @@ app.command("broker")(broker)
 psk_app = typer.Typer(help="Hand PSKs over out of band.", no_args_is_help=True)
 psk_app.command("send")(psk_send)
 app.add_typer(psk_app, name="psk")
+app.add_typer(known_hosts_app, name="known-hosts")
 
 
 def main() -> None:
