@@ -223,7 +223,8 @@ def client(
             else "interrupted (Ctrl-C) before the handshake completed"
         )
     except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
-        fail(describe_failure(exc, options))
+        hint = f"; {policy.hint}" if policy.hint else ""  # how to recover (known-hosts forget)
+        fail(describe_failure(exc, options) + hint)
     except OobError as exc:
         fail(str(exc))
     finally:

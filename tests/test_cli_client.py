@@ -209,7 +209,9 @@ def test_tofu_refuses_a_changed_key_with_bad_certificate(srv: ThreadServer, home
     fp = home_fingerprint(home)
     assert line == (
         f"error: server key changed for {srv.address}: possible man in the middle"
-        f" (known SHA256:{known}, got SHA256:{fp}) (sent alert bad_certificate (42))"
+        f" (known SHA256:{known}, got SHA256:{fp}) (sent alert bad_certificate (42));"
+        f" if the server's key changed on purpose: kexlab known-hosts forget {srv.address}"
+        f" (line 1 of {home / 'known_hosts'})"
     )
     fields = srv.recorder.wait_for("error")  # the alert went over the wire
     assert (fields["received_alert"], fields["code"]) == ("bad_certificate", 42)
