@@ -14,7 +14,7 @@ from .keys import (
     short_fingerprint,
     write_private_key,
 )
-from .psk import parse_psk_spec
+from .psk import loose_key_file, parse_psk_spec, read_psk_file
 from .trust import (
     KnownHosts,
     MqttPinPolicy,
@@ -44,8 +44,10 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "long_fingerprint",
+    "loose_key_file",
     "parse_psk_spec",
     "parse_trust",
+    "read_psk_file",
     "short_fingerprint",
     "write_private_key",
 ]
