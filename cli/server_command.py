@@ -36,6 +36,7 @@ from .options import (
     mqtt_settings,
 )
 from .parsing import parse_kex_list, parse_psk
+from .psk_options import PskFileOption, env_psks, given_psks, warn_about
 
 
 def _check_app(value: str) -> str:
@@ -101,9 +102,11 @@ def server(
             "--psk",
             metavar="IDENTITY=HEX",
             callback=_check_psks,
-            help="A pre-shared key handed over out of band (repeatable).",
+            help="A pre-shared key handed over out of band (repeatable; shows in the process"
+            " list: prefer --psk-file).",
         ),
     ] = None,
+    psk_file: PskFileOption = None,
     oob: OptionalOobOption = None,
     server_id: ServerIdOption = None,
     psk_wait: Annotated[
@@ -176,7 +179,8 @@ def server(
     except (KeyFileError, ValueError, OSError) as exc:
         fail(describe_error(exc))
     options.host, options.port = host, port
-    options.psks = dict(parse_psk(spec) for spec in psk or [])
+    keys = given_psks(psk or [], psk_file)
+    options.psks = dict(keys or env_psks())
     options.app, options.keylog, options.explain = app, keylog, explain
     options.max_connections = max_connections
     options.handshake_timeout = handshake_timeout
@@ -187,6 +191,7 @@ def server(
         fail(str(exc))
     if pcap is not None:
         log.emit("capture", path=str(pcap))
+    warn_about(psk)
     try:
         asyncio.run(serve(options, log, mqtt))
     except (ValueError, OSError) as exc:
