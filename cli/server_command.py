@@ -37,6 +37,18 @@ from .options import (
 )
 from .parsing import parse_kex_list, parse_psk
 from .psk_options import PskFileOption, env_psks, given_psks, warn_about
+from .server_limits import (
+    DEFAULTS,
+    HandshakeRateOption,
+    IdleTimeoutOption,
+    InboxMaxBytesOption,
+    InboxMaxFilesOption,
+    MaxHandshakesOption,
+    MaxPerAddressOption,
+    PskMaxLifetimeOption,
+    UploadMaxFilesOption,
+    apply_limits,
+)
 
 
 def _check_app(value: str) -> str:
@@ -145,12 +157,14 @@ def server(
         float,
         typer.Option(min=0.01, help="Seconds a client has to complete its handshake."),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
-    idle_timeout: Annotated[
-        float | None,
-        typer.Option(
-            min=0.01, help="Close a session silent for this many seconds (default: never)."
-        ),
-    ] = None,
+    idle_timeout: IdleTimeoutOption = DEFAULTS["idle_timeout"],
+    max_per_address: MaxPerAddressOption = DEFAULTS["max_per_address"],
+    max_handshakes: MaxHandshakesOption = DEFAULTS["max_handshakes"],
+    handshake_rate: HandshakeRateOption = DEFAULTS["handshake_rate"],
+    inbox_max_files: InboxMaxFilesOption = DEFAULTS["inbox_max_files"],
+    inbox_max_bytes: InboxMaxBytesOption = DEFAULTS["inbox_max_bytes"],
+    upload_max_files: UploadMaxFilesOption = DEFAULTS["upload_max_files"],
+    psk_max_lifetime: PskMaxLifetimeOption = DEFAULTS["psk_max_lifetime"],
     log_format: Annotated[
         str, typer.Option(callback=_check_log_format, help="text or json (one object per line).")
     ] = "text",
@@ -184,7 +198,18 @@ def server(
     options.app, options.keylog, options.explain = app, keylog, explain
     options.max_connections = max_connections
     options.handshake_timeout = handshake_timeout
-    options.idle_timeout = idle_timeout
+    apply_limits(
+        options,
+        max_per_address=max_per_address,
+        max_handshakes=max_handshakes,
+        handshake_rate=handshake_rate,
+        idle_timeout=idle_timeout,
+        inbox_max_files=inbox_max_files,
+        inbox_max_bytes=inbox_max_bytes,
+        upload_max_files=upload_max_files,
+    )
+    if mqtt is not None:
+        mqtt.psk_max_lifetime = psk_max_lifetime
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
     except CaptureFileError as exc:
