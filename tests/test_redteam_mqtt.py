@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 from oob_brokers import LabBroker, make_broker, running
-from support_net import home_fixture  # noqa: F401  (the `home` fixture)
+from support_net import home_fixture, home_key  # noqa: F401  (the `home` fixture)
 from test_oob_e2e import SID, client, line, serving, stop
 
+from client.oob import ClientOob
+from client.session import ClientOptions
 from oob import (
     OobTimeout,
     PskTable,
@@ -35,6 +37,8 @@ from oob import (
 )
 from oob.settings import connect
 from oob.subscriber import SUMMARY_WORDS
+from protocol import Kex
+from server.server import KexlabServer, ServerOptions
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2}
 BOMB = b"[" * 1500 + b"]" * 1500  # 3 KB, as the red team sent it
@@ -239,3 +243,32 @@ async def test_the_minute_summary_counts_what_was_held_back(
     assert len(oob_lines(caplog, r"nested 1500 levels deep")) == 1
     (summary,) = oob_lines(caplog, r"^MQTT: ignored nesting bombs: ")
     assert summary.startswith("MQTT: ignored nesting bombs: 29 more in the last")
+
+
+@pytest.mark.usefixtures("home")
+async def test_a_key_crowded_out_of_a_full_table_is_sent_again_while_the_server_waits(
+    broker: LabBroker, home: Path
+) -> None:
+    """The flood filled the table and the ring of recent keys is gone (size 0 here): the
+    client's first copy finds no room, its second reaches the handshake that waits for it."""
+    settings = broker.settings()
+    table = PskTable(max_entries=1, recent=0)
+    async with ServerChannel(settings, SID, table=table, **FAST) as channel:
+        assert await channel.wait_ready(5)
+        key = home_key(home)
+        options = ServerOptions(port=0, rsa_key=key, sign_key=key, inbox=home / "inbox")
+        options.psk_lookup, options.psk_provider = channel.lookup, channel.provider(3.0)
+        srv = KexlabServer(options)
+        host, port = await srv.start()
+        try:
+            table.add("squatter", b"s" * 32, time.time() + 600)  # the flood's key
+            mqtt = ClientOob(settings, SID, publish_psk=True)
+            client_options = ClientOptions(host=host, port=port, kex=Kex.PSK, timeout=10)
+            mqtt.new_psk(client_options)
+            await mqtt.before_connect(client_options, None)
+            assert channel.lookup(client_options.psk_identity) is None  # no room for it
+            session = await mqtt.open(client_options, None)
+            assert await session.request(b"in") == b"in"
+            await session.close()
+        finally:
+            await srv.shutdown(grace=1.0)
