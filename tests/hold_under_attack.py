@@ -7,6 +7,8 @@ Every attack runs on loopback against ``python -m server`` started from ``--sour
 measurement, not a test: it prints numbers (latencies, CPU, RSS, log lines), it asserts
 nothing, and it runs as long as asked (the tests run the same attacks, bounded).
 
+One scenario per attack, each read on its own: longer than most files for that reason.
+
 Scenarios: figure1 (1,000 idle connections and 500 hellos/s from 127.0.0.1, 20 honest
 clients from 127.0.0.2), flood (hellos/s from one address, CPU and honest latency), slots
 (idle connections and a reconnect storm: honest clients, log lines and bytes), keyupdate
@@ -35,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from oob_brokers import Mosquitto  # noqa: E402
+from oob_brokers import Mosquitto, running  # noqa: E402
 from redteam import (  # noqa: E402
     HelloFlood,
     Holder,
@@ -127,6 +129,14 @@ async def serving(source: Path, *args: str) -> AsyncIterator[Server]:
         finally:
             await asyncio.to_thread(srv.stop)
             await asyncio.wait({draining}, timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def mosquitto() -> AsyncIterator[Mosquitto]:
+    """An open Mosquitto on a free loopback port, for the MQTT scenarios."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running(Mosquitto(Path(tmp))) as broker:
+            yield broker
 
 
 def report(title: str, rows: dict[str, object]) -> None:
@@ -255,48 +265,43 @@ async def keyupdate(source: Path, seconds: float) -> None:
 
 
 async def psk(source: Path, seconds: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = Mosquitto(Path(tmp))
-        await broker.start()
-        try:
-            settings = broker.settings()
-            async with serving(source, "--oob", broker.url, "--server-id", "lab") as srv:
-                rss: list[float] = []
-                sampler = asyncio.create_task(sample_rss(srv.proc.pid, 1.0, rss))
-                await asyncio.sleep(2)
-                body = '{{"expires_at": 1e15, "identity": "f{0}", "key": "{1}"}}'
-                key = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="
+    async with mosquitto() as broker:
+        settings = broker.settings()
+        async with serving(source, "--oob", broker.url, "--server-id", "lab") as srv:
+            rss: list[float] = []
+            sampler = asyncio.create_task(sample_rss(srv.proc.pid, 1.0, rss))
+            await asyncio.sleep(2)
+            body = '{{"expires_at": 1e15, "identity": "f{0}", "key": "{1}"}}'
+            key = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="
 
-                async def announce() -> int:
-                    async with connect(settings) as attacker:
-                        for i in range(100_000):
-                            payload = body.format(i, key).encode()
-                            await attacker.publish(f"kexlab/v1/lab/psk/f{i}", payload, qos=1)
-                    return 100_000
+            async def announce() -> int:
+                async with connect(settings) as attacker:
+                    for i in range(100_000):
+                        payload = body.format(i, key).encode()
+                        await attacker.publish(f"kexlab/v1/lab/psk/f{i}", payload, qos=1)
+                return 100_000
 
-                flooding = asyncio.create_task(announce())
-                ok = tried = 0
-                errors: list[str] = []
-                failed: list[str] = []
-                while not flooding.done():
-                    tried += 1
-                    # `kexlab client --kex psk --oob` of the source under test, as a process.
-                    done = await asyncio.to_thread(
-                        run_from, source, "client", f"127.0.0.1:{srv.port}", "--kex", "psk",
-                        "--oob", broker.url, "--server-id", "lab", "--send", "honest",
-                    )  # fmt: skip
-                    if done.returncode == 0:
-                        ok += 1
-                    else:
-                        errors.append(done.stderr.strip().splitlines()[-1][:200])
-                        failed.extend(re.findall(r"psk-[0-9a-f]{16}", done.stderr))
-                    await asyncio.sleep(1.0)
-                await flooding
-                await asyncio.sleep(2)
-                sampler.cancel()
-        finally:
-            await broker.stop()
-            dropped = sum("dropped" in ln for ln in broker.log.read_text().splitlines())
+            flooding = asyncio.create_task(announce())
+            ok = tried = 0
+            errors: list[str] = []
+            failed: list[str] = []
+            while not flooding.done():
+                tried += 1
+                # `kexlab client --kex psk --oob` of the source under test, as a process.
+                done = await asyncio.to_thread(
+                    run_from, source, "client", f"127.0.0.1:{srv.port}", "--kex", "psk",
+                    "--oob", broker.url, "--server-id", "lab", "--send", "honest",
+                )  # fmt: skip
+                if done.returncode == 0:
+                    ok += 1
+                else:
+                    errors.append(done.stderr.strip().splitlines()[-1][:200])
+                    failed.extend(re.findall(r"psk-[0-9a-f]{16}", done.stderr))
+                await asyncio.sleep(1.0)
+            await flooding
+            await asyncio.sleep(2)
+            sampler.cancel()
+        dropped = sum("dropped" in ln for ln in broker.log.read_text().splitlines())
     report(
         "PSK flood: 100,000 valid announcements (expires_at 1e15) on an open Mosquitto",
         {
@@ -375,27 +380,22 @@ def _plant(box: Path, n: int) -> None:
 
 
 async def bomb(source: Path, seconds: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = Mosquitto(Path(tmp))
-        await broker.start()
-        try:
-            async with connect(broker.settings()) as attacker:
-                bomb = b"[" * 1500 + b"]" * 1500  # 3 KB
-                await attacker.publish("kexlab/v1/lab/psk/x", bomb, qos=1, retain=True)
-            async with serving(source, "--oob", broker.url, "--server-id", "lab") as srv:
-                ok = tried = 0
-                t0 = time.monotonic()
-                while time.monotonic() - t0 < seconds:
-                    tried += 1
-                    done = await asyncio.to_thread(
-                        run_from, source, "client", f"127.0.0.1:{srv.port}", "--kex", "psk",
-                        "--oob", broker.url, "--server-id", "lab", "--send", "honest",
-                    )  # fmt: skip
-                    ok += done.returncode == 0
-                await asyncio.sleep(0.5)
-                restarts = sum("subscriber failed" in ln for ln in srv.sample)
-        finally:
-            await broker.stop()
+    async with mosquitto() as broker:
+        async with connect(broker.settings()) as attacker:
+            bomb = b"[" * 1500 + b"]" * 1500  # 3 KB
+            await attacker.publish("kexlab/v1/lab/psk/x", bomb, qos=1, retain=True)
+        async with serving(source, "--oob", broker.url, "--server-id", "lab") as srv:
+            ok = tried = 0
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                tried += 1
+                done = await asyncio.to_thread(
+                    run_from, source, "client", f"127.0.0.1:{srv.port}", "--kex", "psk",
+                    "--oob", broker.url, "--server-id", "lab", "--send", "honest",
+                )  # fmt: skip
+                ok += done.returncode == 0
+            await asyncio.sleep(0.5)
+            restarts = sum("subscriber failed" in ln for ln in srv.sample)
     report(
         "a retained 3 KB nesting bomb on psk/x, then honest psk-over-MQTT clients",
         {
@@ -407,21 +407,16 @@ async def bomb(source: Path, seconds: float) -> None:
 
 
 async def sas(source: Path, seconds: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = Mosquitto(Path(tmp))
-        await broker.start()
-        try:
-            mqtt = ["--oob", broker.url, "--server-id", "lab", "--verify-sas", "mqtt"]
-            async with serving(source, *mqtt) as srv:
-                async with mitm(srv.port) as (port, legs), sas_forger(broker.settings(), legs):
-                    done = await asyncio.to_thread(
-                        run_from, source, "client", f"127.0.0.1:{port}", "--trust", "none",
-                        *mqtt, "--send", "the secret",
-                    )  # fmt: skip
-                await asyncio.sleep(1)
-                server_says = [ln for ln in srv.sample if "SAS" in ln and "handshake" not in ln]
-        finally:
-            await broker.stop()
+    async with mosquitto() as broker:
+        mqtt = ["--oob", broker.url, "--server-id", "lab", "--verify-sas", "mqtt"]
+        async with serving(source, *mqtt) as srv:
+            async with mitm(srv.port) as (port, legs), sas_forger(broker.settings(), legs):
+                done = await asyncio.to_thread(
+                    run_from, source, "client", f"127.0.0.1:{port}", "--trust", "none",
+                    *mqtt, "--send", "the secret",
+                )  # fmt: skip
+            await asyncio.sleep(1)
+            server_says = [ln for ln in srv.sample if "SAS" in ln and "handshake" not in ln]
     client_says = [ln for ln in done.stdout.splitlines() if "SAS" in ln and "handshake" not in ln]
     report(
         "a man in the middle and an ordinary MQTT client on an open broker, --verify-sas mqtt",
