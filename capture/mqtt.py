@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from protocol.json_payload import JsonPayloadError, load_object
 
 from .streams import Address, Capture, TcpStream
 
 MQTT_PORT = 1883
+MAX_PSK_PAYLOAD = 65536
+"""A §8 psk payload is a few hundred bytes; a capture's larger ones are not parsed."""
 CONNECT, PUBLISH = 1, 3
 V311, V5 = 4, 5
 
@@ -216,11 +219,12 @@ def leaked_psk(pub: Publish) -> LeakedPsk | None:
         return None
     server_id, topic_identity = names
     try:
-        doc = json.loads(pub.payload.decode("utf-8"))
+        # Bounded: a nesting bomb in a captured PUBLISH used to abort the whole report.
+        doc = load_object(pub.payload, max_bytes=MAX_PSK_PAYLOAD)
         key = base64.b64decode(doc["key"], validate=True)
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, binascii.Error):
+    except (JsonPayloadError, ValueError, KeyError, TypeError, binascii.Error):
         return None
-    if not isinstance(doc, dict) or not key:
+    if not key:
         return None
     identity = doc.get("identity")
     if not isinstance(identity, str) or not identity:

@@ -62,6 +62,7 @@ from .parsing import (
     parse_suite,
     psk_notes,
 )
+from .psk_options import PskFileOption, env_psks, given_psks, warn_about
 
 DEFAULT_GROUP = "x25519"
 DEFAULT_TRUST = "tofu"
@@ -134,9 +135,11 @@ def client(
             metavar="IDENTITY=HEX",
             callback=_check_psk,
             help="The pre-shared key, as handed over out of band; the key in hex, or in"
-            " base64 as the MQTT channel carries it.",
+            " base64 as the MQTT channel carries it. Shows in the process list: prefer"
+            " --psk-file.",
         ),
     ] = None,
+    psk_file: PskFileOption = None,
     trust: Annotated[
         str | None,
         typer.Option(
@@ -188,9 +191,9 @@ def client(
 ) -> None:
     """Connect to a server, agree on a key, talk over AES-GCM records."""
     host, port = parse_address(address)
-    method = parse_kex(kex) if kex is not None else (Kex.PSK if psk else Kex.DHE)
-    identity, key = parse_psk(psk) if psk else ("", b"")
-    _check_combination(method, psk, oob, group, trust)
+    identity, key = _client_psk(psk, psk_file, kex, oob)
+    method = parse_kex(kex) if kex is not None else (Kex.PSK if key else Kex.DHE)
+    _check_combination(method, identity or None, oob, group, trust)
     seed = seed_of(deterministic, insecure)
     if send_file is not None:
         input_file(send_file, "--send-file")
@@ -223,7 +226,7 @@ def client(
             mqtt_username,
             mqtt_password_file,
             mqtt_ca,
-            publish_psk=METHODS[method].needs_psk and not psk,
+            publish_psk=METHODS[method].needs_psk and not key,
         )
     except OobError as exc:
         fail(str(exc))
@@ -262,6 +265,7 @@ def client(
         fail(str(exc))
     options.on_pcap_error = lambda reason: error_line(f"warning: --pcap {pcap}: {reason}")
     progress = RunProgress()
+    warn_about(psk)
     try:
         asyncio.run(
             run(options, policy, messages, send_file, show_secrets, interactive, mqtt, progress)
@@ -272,7 +276,8 @@ def client(
         # What the user asked for, done cleanly: not an error (exit 0).
         note_line("closed (Ctrl-C): the session ended with close_notify")
     except (ProtocolError, TransportError, KeyFileError, OSError, SessionError) as exc:
-        fail(describe_failure(exc, options))
+        hint = f"; {policy.hint}" if policy.hint else ""  # how to recover (known-hosts forget)
+        fail(describe_failure(exc, options) + hint)
     except OobError as exc:
         fail(str(exc))
     finally:
@@ -285,6 +290,23 @@ def client(
                 fail(str(exc))
 
 
+def _client_psk(
+    psk: str | None, psk_file: Path | None, kex: str | None, oob: str | None
+) -> tuple[str, bytes]:
+    """The one key of --psk or --psk-file; for --kex psk without either (and without --oob
+    to hand over a fresh one), KEXLAB_PSK or KEXLAB_PSK_FILE. ("", b"") if none."""
+    if psk is not None and psk_file is not None:
+        raise typer.BadParameter("--psk and --psk-file exclude each other", param_hint="'--psk'")
+    keys = given_psks([psk] if psk is not None else [], psk_file)
+    if not keys and kex is not None and METHODS[parse_kex(kex)].needs_psk and oob is None:
+        keys = env_psks()
+    if len(keys) > 1:
+        raise typer.BadParameter(
+            f"holds {len(keys)} keys; a client uses one", param_hint="'--psk-file'"
+        )
+    return keys[0] if keys else ("", b"")
+
+
 def _check_combination(
     method: Kex, psk: str | None, oob: str | None, group: str | None, trust: str | None
 ) -> None:
@@ -293,7 +315,8 @@ def _check_combination(
     if m.needs_psk and not psk and oob is None:
         raise typer.BadParameter(
             "--kex psk needs --psk IDENTITY=HEX (or --oob mqtt://HOST:PORT to send a fresh"
-            " key to the server over MQTT)",
+            " key to the server over MQTT); --psk-file FILE or KEXLAB_PSK keep the key out of"
+            " the process list",
             param_hint="'--psk'",
         )
     if not m.needs_psk and psk:

@@ -304,8 +304,9 @@ async def _mqtt_session(
     session = await mqtt.open(options, explainer.on_event)
     render_summary_line(console, session.handshake, session.handshake_ms, "client")
     try:
-        verified = await mqtt.check_sas(session)
-        console.print(verified, style="green", markup=False, soft_wrap=True)
+        line, verified = await mqtt.check_sas(session)
+        style = "green" if verified else "yellow"  # an open broker backs no "verified"
+        console.print(line, style=style, markup=False, soft_wrap=True)
         text = f"hello over {'psk' if psk else 'dhe'}, via MQTT"
         echo = await session.request(text.encode("utf-8"))
     except BaseException:

@@ -10,6 +10,7 @@ from cli.decrypt import decrypt
 from cli.demo import demo
 from cli.errors import HELP_MARKUP, KexlabCommand, KexlabGroup
 from cli.keygen import keygen
+from cli.known_hosts import known_hosts_app
 from cli.local_lab import local_lab
 from cli.mitm_command import mitm
 from cli.oob_commands import broker, psk_send
@@ -39,6 +40,7 @@ psk_app = typer.Typer(
 )
 psk_app.command("send", cls=KexlabCommand)(psk_send)
 app.add_typer(psk_app, name="psk")
+app.add_typer(known_hosts_app, name="known-hosts")
 
 
 def main() -> None:

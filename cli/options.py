@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
+from explain.console import error_line
 from oob import DEFAULT_URL, MqttSettings, OobError
 from oob.payloads import check_server_id
 from oob.settings import ENV_CA, ENV_PASSWORD_FILE
-from transport.keylog import append_keylog
+from transport.keylog import KeylogRefused, append_keylog
 
 from .errors import fail
 
@@ -40,9 +41,13 @@ def input_file(path: Path, option: str) -> Path:
 def check_keylog(path: Path) -> None:
     """Fail before any session if the key log cannot be written (it would fail after a handshake)."""
     try:
-        append_keylog(path, "")  # creates it mode 0600, as the real write would
+        warning = append_keylog(path, "")  # creates it mode 0600, as the real write would
+    except KeylogRefused as exc:
+        fail(f"cannot write the key log {path}: {exc}")
     except OSError as exc:
         fail(f"cannot write the key log {path}: {(exc.strerror or str(exc)).lower()}")
+    if warning is not None:
+        error_line(f"warning: {warning}")
 
 
 def output_file(path: Path, option: str) -> Path:

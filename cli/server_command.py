@@ -47,6 +47,19 @@ from .page_options import (
     seeded,
 )
 from .parsing import parse_kex_list, parse_listen_host, parse_psk, psk_notes
+from .psk_options import PskFileOption, env_psks, given_psks, warn_about
+from .server_limits import (
+    DEFAULTS,
+    HandshakeRateOption,
+    IdleTimeoutOption,
+    InboxMaxBytesOption,
+    InboxMaxFilesOption,
+    MaxHandshakesOption,
+    MaxPerAddressOption,
+    PskMaxLifetimeOption,
+    UploadMaxFilesOption,
+    apply_limits,
+)
 
 
 def _check_app(value: str) -> str:
@@ -128,9 +141,11 @@ def server(
             metavar="IDENTITY=HEX",
             callback=_check_psks,
             help="A pre-shared key handed over out of band; the key in hex, or in base64 as"
-            " the MQTT channel carries it (repeatable).",
+            " the MQTT channel carries it (repeatable; shows in the process list: prefer"
+            " --psk-file).",
         ),
     ] = None,
+    psk_file: PskFileOption = None,
     oob: OptionalOobOption = None,
     server_id: ServerIdOption = None,
     psk_wait: Annotated[
@@ -174,14 +189,14 @@ def server(
             min=0.01, metavar="SECONDS", help="Seconds a client has to complete its handshake."
         ),
     ] = DEFAULT_HANDSHAKE_TIMEOUT,
-    idle_timeout: Annotated[
-        float | None,
-        typer.Option(
-            min=0.01,
-            metavar="SECONDS",
-            help="Close a session silent for this many seconds (default: never).",
-        ),
-    ] = None,
+    idle_timeout: IdleTimeoutOption = DEFAULTS["idle_timeout"],
+    max_per_address: MaxPerAddressOption = DEFAULTS["max_per_address"],
+    max_handshakes: MaxHandshakesOption = DEFAULTS["max_handshakes"],
+    handshake_rate: HandshakeRateOption = DEFAULTS["handshake_rate"],
+    inbox_max_files: InboxMaxFilesOption = DEFAULTS["inbox_max_files"],
+    inbox_max_bytes: InboxMaxBytesOption = DEFAULTS["inbox_max_bytes"],
+    upload_max_files: UploadMaxFilesOption = DEFAULTS["upload_max_files"],
+    psk_max_lifetime: PskMaxLifetimeOption = DEFAULTS["psk_max_lifetime"],
     log_format: Annotated[
         str,
         typer.Option(
@@ -229,13 +244,25 @@ def server(
     except (KeyFileError, ValueError, OSError) as exc:
         fail(describe_error(exc))
     options.host, options.port = host, port
-    options.psks = dict(parse_psk(spec) for spec in psk or [])
+    keys = given_psks(psk or [], psk_file)
+    options.psks = dict(keys or env_psks())
     for note in psk_notes(psk or []):
         error_line(note)
     options.app, options.keylog, options.explain = app, keylog, explain
     options.max_connections = max_connections
     options.handshake_timeout = handshake_timeout
-    options.idle_timeout = idle_timeout
+    apply_limits(
+        options,
+        max_per_address=max_per_address,
+        max_handshakes=max_handshakes,
+        handshake_rate=handshake_rate,
+        idle_timeout=idle_timeout,
+        inbox_max_files=inbox_max_files,
+        inbox_max_bytes=inbox_max_bytes,
+        upload_max_files=upload_max_files,
+    )
+    if mqtt is not None:
+        mqtt.psk_max_lifetime = psk_max_lifetime
     options.trace, options.rng = html is not None, seeded(seed, "server")
     try:
         options.pcap = open_pcap(pcap) if pcap is not None else None
@@ -243,6 +270,7 @@ def server(
         fail(str(exc))
     if pcap is not None:
         log.emit("capture", path=str(pcap))
+    warn_about(psk)
     try:
         asyncio.run(serve(options, log, mqtt))
     except (ValueError, OSError, KexlabError) as exc:

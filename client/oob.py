@@ -7,6 +7,9 @@ with the server's (``--verify-sas mqtt``). Every failure is one line.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from dataclasses import dataclass, field
 
 from keystore import MqttPinPolicy, TrustPolicy
@@ -18,6 +21,7 @@ from oob import (
     MqttSettings,
     OobError,
     PskPublication,
+    describe_match,
     exchange_sas,
     fetch_fingerprint,
     fingerprint_topic,
@@ -30,6 +34,9 @@ from protocol import AlertCode, PeerAlert
 from transport import EventHook
 
 from .session import ClientOptions, ClientSession
+
+REPUBLISH_AFTER = (0.5, 1.0)
+"""Seconds a psk handshake may take before the key goes out again (twice at most)."""
 
 
 class OobDeliveryError(OobError):
@@ -78,9 +85,18 @@ class ClientOob:
         return await fetch_fingerprint(self.settings, self.server_id, self.timeout)
 
     async def open(self, options: ClientOptions, on_event: EventHook | None) -> ClientSession:
-        """``ClientSession.open``, with unknown_psk_identity explained after a publish."""
+        """``ClientSession.open``, with unknown_psk_identity explained after a publish.
+
+        A handshake still going after REPUBLISH_AFTER seconds publishes the key again: a
+        server whose table a flood filled may have let our first copy go before our hello
+        came, and while it waits for this identity it hands a copy straight to our handshake.
+        """
+        opening = asyncio.ensure_future(ClientSession.open(options, on_event=on_event))
+        again = None
+        if self.publication is not None:
+            again = asyncio.create_task(self._republish(opening, options))
         try:
-            return await ClientSession.open(options, on_event=on_event)
+            return await opening
         except PeerAlert as exc:
             if self.publication is None or exc.code != AlertCode.UNKNOWN_PSK_IDENTITY:
                 raise
@@ -88,24 +104,44 @@ class ClientOob:
             raise OobDeliveryError(
                 f"{message} (server sent alert {exc.name} ({exc.code}))"
             ) from None
+        finally:
+            opening.cancel()  # only if we were cancelled first (Ctrl-C): it cleans up itself
+            if again is not None:
+                again.cancel()
+                await asyncio.gather(again, return_exceptions=True)
 
-    async def check_sas(self, session: ClientSession) -> str:
-        """Compare the SAS with the server's; the line to print on a match.
+    async def _republish(
+        self, opening: asyncio.Future[ClientSession], options: ClientOptions
+    ) -> None:
+        assert self.publication is not None
+        for delay in REPUBLISH_AFTER:
+            done, _ = await asyncio.wait({opening}, timeout=delay)
+            if done:
+                return
+            ttl = self.publication.expires_at - time.time()
+            if ttl <= 0:
+                return
+            with contextlib.suppress(OobError):
+                await publish_psk(
+                    self.settings, self.server_id, options.psk_identity, options.psk, ttl,
+                    timeout=self.timeout,
+                )  # fmt: skip
+
+    async def check_sas(self, session: ClientSession) -> tuple[str, bool]:
+        """Compare the SAS with the server's: the line to print on a match, and whether it
+        may say "verified" (never where others can publish on the server's topic).
 
         On a mismatch, or when no comparison could be made, the connection is aborted
         (handshake_failure) and the ``ProtocolError`` saying why is raised.
         """
         hc = session.handshake
         try:
-            same = await exchange_sas(
+            result = await exchange_sas(
                 self.settings, self.server_id, hc.client_random, "client", hc.sas, self.sas_timeout
             )
         except OobError as exc:
             reason = f"SAS not compared: {exc}"
             raise session.stream.abort(AlertCode.HANDSHAKE_FAILURE, reason) from None
-        if not same:
+        if not result.match:
             raise session.stream.abort(AlertCode.HANDSHAKE_FAILURE, SAS_MISMATCH)
-        return (
-            f"SAS verified over MQTT: the server computed the same SAS, all {len(hc.sas) * 8}"
-            f" bits ({hc.sas_display} …)"
-        )
+        return describe_match(result, "client", hc.sas_display, len(hc.sas) * 8)

@@ -121,8 +121,9 @@ async def run(
     render_summary_line(console, session.handshake, session.handshake_ms, "client")
     try:
         if mqtt is not None and mqtt.verify_sas:
-            verified = await mqtt.check_sas(session)
-            console.print(Text(verified, style="green"), soft_wrap=True, highlight=False)
+            line, verified = await mqtt.check_sas(session)
+            style = "green" if verified else "yellow"  # green only for what the broker backs
+            console.print(Text(line, style=style), soft_wrap=True, highlight=False)
         if messages or send_file is not None:
             for message in messages:  # bytes as given: text need not be UTF-8
                 out(ECHO + printable_bytes(await session.request(message)))

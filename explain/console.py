@@ -10,12 +10,15 @@ from typing import Any
 
 from rich.console import Console
 
-from protocol import KexlabError
+from protocol import KexlabError, PeerAlert
 
 
 def printable(text: str) -> str:
     """``text`` with every character a terminal would obey shown as an escape instead.
 
+    What a peer, a broker or a file chose (an alert reason, a chat message, a topic) is
+    shown through this: an ANSI escape cannot restyle or clear the terminal, a newline
+    cannot start a forged log line, a bidi override cannot reorder what is read.
     Control characters (ESC, CR, BEL, ...), invisible format characters (bidi overrides)
     and line separators become ``\\x1b``-style escapes; so do the bytes that were not
     UTF-8 (decoded with ``surrogateescape``): ``\\xff``. Printable text, accents and
@@ -46,25 +49,27 @@ def _escape(ch: str) -> str:
 
 
 def out(text: str) -> None:
-    """One plain line on stdout, flushed (scripts and tests read it as it comes)."""
-    print(text, flush=True)
+    """One plain line on stdout, flushed (scripts and tests read it as it comes), escaped."""
+    print(printable(text), flush=True)
 
 
 def error_line(text: str) -> None:
-    """Write one line to stderr (never wrapped, never styled)."""
-    print(" ".join(text.split("\n")), file=sys.stderr, flush=True)
+    """Write one line to stderr (never wrapped, never styled, control characters escaped)."""
+    print(printable(" ".join(text.split("\n"))), file=sys.stderr, flush=True)
 
 
 def note_line(text: str) -> None:
     """A note on stderr (first use, a pin, how an address was read): one line to a file or a
     pipe; on a terminal broken between words, never through a fingerprint or a port."""
-    print(_fit(" ".join(text.split("\n")), _width(sys.stderr)), file=sys.stderr, flush=True)
+    print(
+        _fit(printable(" ".join(text.split("\n"))), _width(sys.stderr)), file=sys.stderr, flush=True
+    )
 
 
 def out_fitted(text: str) -> None:
     """``out`` for a long line people read (a receipt with its SHA-256): one line to a file
     or a pipe, broken between words on a terminal."""
-    print(_fit(text, _width(sys.stdout)), flush=True)
+    print(_fit(printable(text), _width(sys.stdout)), flush=True)
 
 
 def _fit(text: str, width: int) -> str:
@@ -91,7 +96,10 @@ def stderr_console() -> Console:
 
 
 def describe_error(exc: BaseException, peer: str = "peer") -> str:
-    """One human line for a session failure."""
+    """One human line for a session failure (a peer's alert reason escaped visibly)."""
+    if isinstance(exc, PeerAlert):
+        # The peer's own words, sent before anything was authenticated: shown, never obeyed.
+        return PeerAlert(exc.alert, printable(exc.reason)).describe(peer)
     if isinstance(exc, KexlabError):
         return exc.describe(peer)
     if isinstance(exc, OSError) and exc.strerror:

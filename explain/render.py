@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from explain.console import printable
 from explain.rows import FIELDS, SECRET_OFFSET, Row
 from keystore.keys import short_fingerprint
 from protocol.events import HandshakeComplete
@@ -109,7 +110,7 @@ def _summary_parts(
     if complete.server_key_sha256:
         key = f"server key {short_fingerprint(complete.server_key_sha256)}"
     elif complete.psk_identity:
-        key = f"psk identity {complete.psk_identity}"
+        key = f"psk identity {printable(complete.psk_identity)}"  # the peer chose it
     else:
         key = "server key none (anonymous: not authenticated)"
     prefix = f"{role}: " if role else ""

@@ -13,6 +13,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from explain.console import printable
 from protocol import METHODS
 from protocol.alerts import AlertCode, ProtocolError, alert_name
 from protocol.constants import (
@@ -130,7 +131,7 @@ def describe_content(content_type: int | None, content: bytes | None) -> str:
             alert = Alert.decode(content)
         except ProtocolError:
             return f"alert, malformed: {content.hex() or '(empty)'}"
-        reason = f' "{alert.reason}"' if alert.reason else ""
+        reason = f' "{printable(alert.reason)}"' if alert.reason else ""  # the peer's words
         return f"alert {alert_name(alert.code)} ({alert.code}){reason}"
     name = ct.name.lower() if ct is not None else "content"
     return f"{name}, {len(content)} bytes: {preview(content)}"
@@ -203,7 +204,7 @@ def _identity_meaning(raw: bytes) -> str:
     if not raw:
         return "empty: not psk"
     try:
-        return f'PSK identity "{raw.decode("utf-8")}"'
+        return f'PSK identity "{printable(raw.decode("utf-8"))}"'
     except UnicodeDecodeError:
         return "PSK identity, not UTF-8 (unknown_psk_identity)"
 

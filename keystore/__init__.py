@@ -14,7 +14,7 @@ from .keys import (
     short_fingerprint,
     write_private_key,
 )
-from .psk import PskSpec, parse_psk_spec, psk_note, read_psk_spec
+from .psk import PskSpec, loose_key_file, parse_psk_spec, psk_note, read_psk_file, read_psk_spec
 from .trust import (
     KnownHosts,
     MqttPinPolicy,
@@ -45,9 +45,11 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "long_fingerprint",
+    "loose_key_file",
     "parse_psk_spec",
     "parse_trust",
     "psk_note",
+    "read_psk_file",
     "read_psk_spec",
     "short_fingerprint",
     "write_private_key",

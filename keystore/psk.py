@@ -1,4 +1,4 @@
-"""Pre-shared keys as people write them: ``IDENTITY=KEY`` (``--psk`` of every command).
+"""Pre-shared keys as people write them: ``IDENTITY=KEY`` (``--psk``), alone or in a key file.
 
 KEY is hex (``openssl rand -hex 32``, what ``kexlab psk send`` prints) or base64 (what
 the MQTT payload of §8 carries, so what an eavesdropper copies): both are read, and
@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from protocol import check_psk_identity
 from protocol.constants import MIN_PSK_LEN
@@ -82,3 +84,44 @@ def _neither(identity: str) -> str:
         f"the key for {identity!r} is not hex, nor base64 (hex as openssl rand -hex 32"
         " prints it, base64 as the MQTT payload carries it)"
     )
+
+
+def read_psk_file(path: Path) -> list[tuple[str, bytes]]:
+    """Every ``IDENTITY=HEX`` line of a key file (blank lines and ``#`` comments skipped).
+
+    A file keeps the key out of the process list, where ``--psk`` puts it for every local
+    user to read (``ps``, ``/proc/PID/cmdline``). Errors name the line, never its key.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValueError(f"cannot read the PSK file {path}: {reason}") from None
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ValueError(f"{path} line {number} is not IDENTITY=HEX")
+        try:
+            keys.append(parse_psk_spec(line))
+        except ValueError as exc:
+            raise ValueError(f"{path} line {number}: {exc}") from None
+    if not keys:
+        raise ValueError(f"{path} holds no IDENTITY=HEX line")
+    return keys
+
+
+def loose_key_file(path: Path) -> str | None:
+    """Why a key file can be read by others (who then hold the key), or None."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if mode & 0o077:
+        return (
+            f"{path} is readable or writable by others (mode {mode:04o}): whoever reads it"
+            f" holds the key; chmod 600 {path}"
+        )
+    return None

@@ -13,10 +13,7 @@ program calls after ``HandshakeComplete`` and never after a failed handshake.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from protocol.config import ServerIdentity, TrustVerdict
@@ -24,80 +21,22 @@ from protocol.config import ServerIdentity, TrustVerdict
 from .keys import (
     KeyFileError,
     data_dir,
-    ensure_private_dir,
     fingerprint,
     load_public_key,
     long_fingerprint,
 )
+from .known_hosts import KNOWN_HOSTS_NAME, KnownHosts, Line
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 TRUST_SPECS = "tofu, none, pin:SHA256HEX or pin:FILE"
 """The policies that need no broker."""
 ALL_TRUST_SPECS = "tofu, none, pin:SHA256HEX, pin:FILE or mqtt (with --oob)"
 """Every policy, as an error lists them."""
-KNOWN_HOSTS_NAME = "known_hosts"
 
 
 def known_hosts_path(directory: Path | None = None) -> Path:
     """The tofu file: ``known_hosts`` in ``directory`` (default: the data directory)."""
     return (directory if directory is not None else data_dir()) / KNOWN_HOSTS_NAME
-
-
-class KnownHosts:
-    """A ``host:port sha256hex`` file, one server per line (``#`` starts a comment)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def entries(self) -> dict[str, str]:
-        """Every recorded host:port and its key fingerprint (a later line wins)."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeyFileError(f"cannot read known hosts file {self.path}: {exc}") from None
-        out: dict[str, str] = {}
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and not parts[0].startswith("#"):
-                out[parts[0]] = parts[1].lower()
-        return out
-
-    def get(self, host_port: str) -> str | None:
-        """The recorded fingerprint of ``host_port``, or None."""
-        return self.entries().get(host_port)
-
-    def add(self, host_port: str, sha256: str) -> None:
-        """Record (or replace) the fingerprint of ``host_port``."""
-        if not host_port or any(c.isspace() for c in host_port):
-            raise ValueError(f"bad host:port {host_port!r}")
-        entries = self.entries()
-        entries[host_port] = sha256.lower()
-        self._write(entries)
-
-    def remove(self, host_port: str) -> bool:
-        """Forget ``host_port``; True if it was recorded."""
-        entries = self.entries()
-        if entries.pop(host_port, None) is None:
-            return False
-        self._write(entries)
-        return True
-
-    def _write(self, entries: dict[str, str]) -> None:
-        # Atomic replace: a crash or a concurrent client never leaves a half-written file.
-        ensure_private_dir(self.path.parent)
-        body = "".join(f"{hp} {fp}\n" for hp, fp in entries.items())
-        fd, tmp = tempfile.mkstemp(prefix=".known_hosts.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
 
 class TrustPolicy:
@@ -108,6 +47,8 @@ class TrustPolicy:
 
     def __init__(self) -> None:
         self.notes: list[str] = []
+        self.hint = ""
+        """After a refusal: how the user can recover, for the end of the error line."""
 
     def decide(self, identity: ServerIdentity) -> TrustVerdict:
         """The verdict on the server's key (refusal sends bad_certificate); no side effects."""
@@ -131,35 +72,49 @@ class TofuPolicy(TrustPolicy):
         self.host_port = host_port
         self.known_hosts = KnownHosts(known_hosts)
         # Read once, before connecting: the decision during the handshake reads no file.
-        self._known: str | None = None
+        self._known: list[Line] = []
         self._unreadable = ""
         try:
-            self._known = self.known_hosts.get(host_port)
+            lines = self.known_hosts.lines()
         except KeyFileError as exc:
             self._unreadable = str(exc)
+            return
+        bad = [line for line in lines if line.problem is not None]
+        if bad:
+            # Fail closed: an operator's line we cannot read may be this host's pin.
+            self._unreadable = (
+                f"cannot read line {bad[0].number} of known hosts file {known_hosts}:"
+                f" {bad[0].problem}"
+            )
+            self.hint = "fix or delete that line (kexlab known-hosts list shows every line)"
+        self._known = [line for line in lines if line.entry and line.host_port == host_port]
+        loose = self.known_hosts.loose_mode()
+        if loose is not None:
+            self.notes.append(f"warning: {loose}")
 
     def decide(self, identity: ServerIdentity) -> TrustVerdict:
-        """Accept an unknown host (recorded by ``confirm``) or the same key; refuse a changed one."""
+        """Accept an unknown host (recorded by ``confirm``) or a known key; refuse a changed one."""
         if self._unreadable:
             return TrustVerdict(False, self._unreadable)
         got = identity.key_sha256.lower()
-        known = self._known
-        if known is None or known == got:
+        if not self._known or any(line.sha256 == got for line in self._known):
             return TrustVerdict(True)
-        self.notes.append(
-            f"if the server's key changed on purpose, remove the line for {self.host_port}"
-            f" from {self.known_hosts.path}"
+        where = ", ".join(str(line.number) for line in self._known)
+        self.hint = (
+            f"if the server's key changed on purpose: kexlab known-hosts forget {self.host_port}"
+            f" (line {where} of {self.known_hosts.path})"
         )
+        known = " or ".join(long_fingerprint(line.sha256 or "") for line in self._known)
         return TrustVerdict(
             False,
             f"server key changed for {self.host_port}: possible man in the middle"
-            f" (known {long_fingerprint(known)}, got {long_fingerprint(got)})",
+            f" (known {known}, got {long_fingerprint(got)})",
         )
 
     def confirm(self, identity: ServerIdentity) -> None:
         """Record the key of a first use, now that the handshake proved it."""
         got = identity.key_sha256.lower()
-        if self._known is not None:
+        if self._known:
             return
         try:
             self.known_hosts.add(self.host_port, got)
@@ -169,7 +124,7 @@ class TofuPolicy(TrustPolicy):
                 f"warning: first use not recorded in {self.known_hosts.path}: {reason}"
             )
             return
-        self._known = got
+        self._known = [Line(0, "", self.host_port, got)]
         self.notes.append(
             f"first use: recorded server key {long_fingerprint(got)} for {self.host_port}"
             f" in {self.known_hosts.path}"

@@ -2,19 +2,16 @@
 
 - ``MqttSettings``: broker URL, credentials, CA (also from KEXLAB_MQTT_* variables).
 - Server side: ``ServerChannel`` (PSK table fed from ``psk/+``, retained ``fingerprint``).
-- Client side: ``publish_psk``, ``fetch_fingerprint``; both sides: ``exchange_sas``.
+- Client side: ``publish_psk``, ``fetch_fingerprint``; both sides: ``exchange_sas`` (oob/sas.py).
 - ``EmbeddedBroker``: an amqtt broker for machines without Mosquitto.
 """
 
 from .broker import EmbeddedBroker, is_loopback
 from .channel import (
-    DEFAULT_SAS_TIMEOUT,
     DEFAULT_TTL,
     PUBACK_CAVEAT,
     REFUSED_PUBLISH_HINT,
-    SAS_MISMATCH,
     PskPublication,
-    exchange_sas,
     fetch_fingerprint,
     generate_identity,
     generate_psk,
@@ -31,6 +28,7 @@ from .payloads import (
     sas_topic,
 )
 from .psk_table import PskTable
+from .sas import DEFAULT_SAS_TIMEOUT, SAS_MISMATCH, SasComparison, describe_match, exchange_sas
 from .settings import (
     CONNECT_TIMEOUT,
     DEFAULT_URL,
@@ -60,7 +58,9 @@ __all__ = [
     "PskMessage",
     "PskPublication",
     "PskTable",
+    "SasComparison",
     "ServerChannel",
+    "describe_match",
     "exchange_sas",
     "fetch_fingerprint",
     "fingerprint_topic",

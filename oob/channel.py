@@ -1,4 +1,4 @@
-"""One-shot operations on the §8 channel: hand a server a PSK, read its fingerprint, compare SAS.
+"""One-shot operations on the §8 channel: hand a server a PSK, read its fingerprint.
 
 Each opens its own short MQTT connection, does one thing, and closes it. Every failure
 is an ``OobError`` whose text is one line; nothing here retries behind the caller's back.
@@ -21,20 +21,15 @@ from protocol.constants import MIN_PSK_LEN
 from .payloads import (
     MAX_PSK_LEN,
     QOS,
-    ROLES,
     Fingerprint,
     MalformedPayload,
     PskMessage,
     check_identity,
     check_server_id,
-    encode_sas,
     fingerprint_topic,
     format_shared_psk,
     parse_fingerprint,
-    parse_sas,
     psk_topic,
-    sas_equal,
-    sas_topic,
 )
 from .settings import CONNECT_TIMEOUT, BrokerUnavailable, MqttSettings, OobTimeout, connect
 
@@ -42,9 +37,6 @@ log = logging.getLogger("kexlab.oob")
 
 PSK_LEN = 32
 DEFAULT_TTL = 300.0
-DEFAULT_SAS_TIMEOUT = 10.0
-SAS_MISMATCH = "SAS mismatch: possible man in the middle"
-"""The reason both ends abort with when the SAS they compared over MQTT differ."""
 
 # MQTT 3.1.1 has no way to tell a publisher that an ACL dropped its message: the
 # broker still answers PUBACK. So a PUBACK proves only that the broker took the bytes.
@@ -155,50 +147,6 @@ async def fetch_fingerprint(
     raise OobTimeout(
         f"no fingerprint for server {server_id!r} on {settings.url} within {timeout:g} s "
         "(is the server running with --oob, and may this user read its fingerprint?)"
-    )
-
-
-async def exchange_sas(
-    settings: MqttSettings,
-    server_id: str,
-    client_random: bytes,
-    role: str,
-    sas: bytes,
-    timeout: float = DEFAULT_SAS_TIMEOUT,
-) -> bool:
-    """Publish our full SAS, wait for the peer's; True if they match, OobTimeout if none came."""
-    if role not in ROLES:
-        raise ValueError(f"role must be 'client' or 'server', not {role!r}")
-    peer_role = "server" if role == "client" else "client"
-    own_topic = sas_topic(server_id, client_random, role)
-    peer_topic = sas_topic(server_id, client_random, peer_role)
-    connected = False
-    try:
-        async with asyncio.timeout(timeout):
-            async with connect(settings, min(timeout, CONNECT_TIMEOUT)) as client:
-                connected = True
-                # Subscribe before publishing, so a peer that answers at once is not missed.
-                await client.subscribe(peer_topic, qos=QOS)
-                await client.publish(own_topic, encode_sas(sas), qos=QOS)
-                async for message in client.messages:
-                    if not message.topic.matches(peer_topic):
-                        continue
-                    try:
-                        theirs = parse_sas(_payload(message))
-                    except MalformedPayload as exc:
-                        log.warning("MQTT: ignored a malformed SAS on %s: %s", peer_topic, exc)
-                        continue
-                    # §8 messages are not retained: if the peer subscribed only after our
-                    # first publish it missed it. It is subscribed now (it subscribes before
-                    # it publishes), so one more copy reaches it.
-                    await client.publish(own_topic, encode_sas(sas), qos=QOS)
-                    return sas_equal(theirs, sas)
-    except TimeoutError:
-        if not connected:
-            raise _no_answer(settings, timeout, connected, "answer") from None
-    raise OobTimeout(
-        f"no SAS from the {peer_role} on {settings.url} within {timeout:g} s "
-        "(did both sides run with --verify-sas mqtt?)"
     )
 
 

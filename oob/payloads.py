@@ -17,6 +17,7 @@ from typing import Any
 
 from protocol import KexlabError, check_psk_identity
 from protocol.constants import MIN_PSK_LEN
+from protocol.json_payload import KIND_DEPTH, KIND_JSON, KIND_SIZE, JsonPayloadError, load_object
 
 TOPIC_ROOT = "kexlab/v1"
 QOS = 1
@@ -28,10 +29,34 @@ ROLES = ("client", "server")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SAS_HEX = re.compile(r"(?:[0-9a-f]{2}){16,64}")
+_PROBE = re.compile(r"[0-9a-f]{32}")
+
+
+# The classes of hostile input a receiver counts separately (logged at most once a minute
+# each): KIND_SIZE (over MAX_PAYLOAD), KIND_DEPTH (a nesting bomb), KIND_JSON (not a UTF-8
+# JSON object), and these.
+KIND_FIELD = "field"
+"""A member missing, of the wrong type, or with a value the rules refuse."""
+KIND_EXPIRED = "expired"
+KIND_RETAINED = "retained"
+"""A retained message where §8 publishes none (psk, sas): someone planted it."""
+KIND_WORDS = {
+    KIND_SIZE: "oversized messages",
+    KIND_DEPTH: "nesting bombs",
+    KIND_JSON: "messages that are not a JSON object",
+    KIND_FIELD: "messages with a missing or bad member",
+    KIND_EXPIRED: "expired keys",
+    KIND_RETAINED: "retained messages",
+}
+"""Each class of hostile input in words, for the summary lines."""
 
 
 class MalformedPayload(KexlabError):
-    """A §8 message that does not parse; ``str()`` is one line naming what is wrong."""
+    """A §8 message that does not parse; ``str()`` is one line, ``kind`` its class."""
+
+    def __init__(self, reason: str, kind: str = KIND_FIELD) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 def check_server_id(server_id: str) -> str:
@@ -126,7 +151,7 @@ def parse_psk(topic: str, payload: bytes, now: float) -> PskMessage:
     if not math.isfinite(expires_at):
         raise MalformedPayload('"expires_at" is not finite')
     if expires_at <= now:
-        raise MalformedPayload(f"key expired {now - expires_at:.0f} s ago")
+        raise MalformedPayload(f"key expired {now - expires_at:.0f} s ago", KIND_EXPIRED)
     return PskMessage(identity, key, float(expires_at))
 
 
@@ -166,22 +191,50 @@ def parse_fingerprint(server_id: str, payload: bytes) -> Fingerprint:
 # --------------------------------------------------------------------------- sas
 
 
-def encode_sas(sas: bytes) -> bytes:
-    """``{"sas": hex of the full sas}``."""
-    return _dump({"sas": sas.hex()})
+@dataclass(frozen=True)
+class SasMessage:
+    """A message on a ``sas/...`` topic: a full SAS, or a probe (kexlab's own, see below)."""
+
+    role: str
+    """The publisher's role as it states it; a receiver ignores one unequal to the topic's."""
+    sas: bytes | None = None
+    probe: str | None = None
+    """A nonce a side publishes on the *peer's* topic to learn whether the broker lets it."""
 
 
-def parse_sas(payload: bytes) -> bytes:
-    """The full SAS from a sas/... message (HashLen bytes: 32 or 48)."""
-    value = _load(payload).get("sas")
+def encode_sas(sas: bytes, role: str) -> bytes:
+    """``{"role": role, "sas": hex of the full sas}``: bound to the publisher's role (§8)."""
+    _check_role(role)
+    return _dump({"role": role, "sas": sas.hex()})
+
+
+def encode_probe(nonce: str, role: str) -> bytes:
+    """``{"probe": nonce, "role": role}``, published on the peer's topic (receivers ignore it)."""
+    _check_role(role)
+    return _dump({"probe": nonce, "role": role})
+
+
+def parse_sas_message(payload: bytes) -> SasMessage:
+    """A sas/... message: ``role`` and either ``sas`` (HashLen bytes of hex) or ``probe``."""
+    obj = _load(payload)
+    role, value, probe = obj.get("role"), obj.get("sas"), obj.get("probe")
+    if role not in ROLES:
+        raise MalformedPayload('"role" is missing or not "client" or "server"')
+    if isinstance(probe, str) and _PROBE.fullmatch(probe) and value is None:
+        return SasMessage(role, probe=probe)
     if not isinstance(value, str) or not _SAS_HEX.fullmatch(value):
         raise MalformedPayload('"sas" is not lowercase hex of 16..64 bytes')
-    return bytes.fromhex(value)
+    return SasMessage(role, sas=bytes.fromhex(value))
 
 
 def sas_equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison of two full SAS values."""
     return hmac.compare_digest(a, b)
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be 'client' or 'server', not {role!r}")
 
 
 # --------------------------------------------------------------------------- json
@@ -192,15 +245,11 @@ def _dump(obj: dict[str, Any]) -> bytes:
 
 
 def _load(payload: bytes) -> dict[str, Any]:
-    if len(payload) > MAX_PAYLOAD:
-        raise MalformedPayload(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
+    # Size before decoding, depth before parsing: a nesting bomb is one more malformed message.
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedPayload("payload is not UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise MalformedPayload("payload is not a JSON object")
-    return obj
+        return load_object(payload, max_bytes=MAX_PAYLOAD)
+    except JsonPayloadError as exc:
+        raise MalformedPayload(str(exc), exc.kind) from None
 
 
 # --------------------------------------------------------------------------- copy-paste

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
+from explain.throttle import LogThrottle
+
 from .payloads import (
+    KIND_RETAINED,
+    KIND_WORDS,
     QOS,
     Fingerprint,
     MalformedPayload,
@@ -28,7 +30,7 @@ from .payloads import (
     parse_psk,
     psk_filter,
 )
-from .psk_table import PskTable
+from .psk_table import Admission, PskTable
 from .settings import CONNECT_TIMEOUT, MqttSettings, OobError, connect
 
 log = logging.getLogger("kexlab.oob")
@@ -40,7 +42,21 @@ BACKOFF_MAX = 10.0
 # An outage is logged with its reason each time the reason changes (the broker went away,
 # then refused the login), and again at most this often while it stays the same.
 OUTAGE_REPEAT = 30.0
-_MALFORMED_MEMORY = 256
+RECEIVED_LINES = 20
+"""Key receipts logged per minute before they are only counted (a flood of valid keys)."""
+KIND_RECEIVED = "received"
+KIND_CONFLICT = "conflict"
+KIND_CLAMPED = "clamped"
+KIND_FULL = "full"
+KIND_ERROR = "error"
+SUMMARY_WORDS = {
+    **{kind: f"ignored {words}" for kind, words in KIND_WORDS.items()},
+    KIND_RECEIVED: "PSKs received",
+    KIND_CONFLICT: "ignored second keys for identities that hold one",
+    KIND_CLAMPED: "PSK lifetimes brought down to the ceiling",
+    KIND_FULL: "PSKs kept only briefly (table full)",
+    KIND_ERROR: "messages that could not be handled",
+}
 
 
 class ServerChannel:
@@ -75,7 +91,9 @@ class ServerChannel:
         self._outage_repeat = outage_repeat
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._malformed_seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        # Hostile input is logged at most once a minute per kind; key receipts a few times.
+        self._throttle = LogThrottle(bursts={KIND_RECEIVED: RECEIVED_LINES})
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> ServerChannel:
         self.start()
@@ -92,6 +110,9 @@ class ServerChannel:
     async def stop(self) -> None:
         """Stop the subscriber and close its connection."""
         task, self._task = self._task, None
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,28 +213,78 @@ class ServerChannel:
         if not message.topic.matches(self._filter):
             # amqtt replays retained messages of other clients' topics at connect.
             return
+        try:
+            self._take(message)
+        except Exception as exc:
+            # One message must never end the subscription (issue 13: a RecursionError
+            # restarted the subscriber in a loop and no psk client got in).
+            self._note(KIND_ERROR, f"could not handle a message on {message.topic}: {exc!r}")
+
+    def _take(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         payload = message.payload if isinstance(message.payload, bytes) else b""
+        if message.retain:
+            # §8 never retains a PSK: a retained one was planted, and would come back at
+            # every resubscribe (with expires_at far in the future, forever).
+            self._note(
+                KIND_RETAINED, f"ignored a retained PSK on {topic}: §8 keys are never retained"
+            )
+            return
         try:
             psk = parse_psk(topic, payload, self.table.clock())
         except MalformedPayload as exc:
-            self._malformed(topic, payload, str(exc))
+            self._note(exc.kind, f"ignored a malformed message on {topic}: {exc}")
             return
-        self.table.add(psk.identity, psk.key, psk.expires_at)
+        added = self.table.add(psk.identity, psk.key, psk.expires_at)
+        left = added.expires_at - self.table.clock()
+        if added.admission is Admission.CONFLICT:
+            self._note(
+                KIND_CONFLICT,
+                f"ignored a second key for PSK identity {psk.identity!r}: it holds another"
+                f" for {left:.0f} s more",
+            )
+            return
+        if added.clamped:
+            self._note(
+                KIND_CLAMPED,
+                f"PSK for identity {psk.identity!r} asked to live past the"
+                f" {self.table.max_lifetime:.0f} s ceiling: kept {left:.0f} s",
+            )
+        if added.admission is Admission.RECENT:
+            self._note(
+                KIND_FULL,
+                f"PSK table full ({self.table.max_entries} keys, none evicted before it"
+                f" expires): the key for {psk.identity!r} is kept only {left:.0f} s,"
+                " for a handshake on its way",
+            )
+            return
         # Never the key itself: logs are read by more people than the key was meant for.
-        log.info(
-            "MQTT: PSK for identity %r received (expires in %.0f s)",
-            psk.identity,
-            psk.expires_at - self.table.clock(),
+        self._note(
+            KIND_RECEIVED,
+            f"PSK for identity {psk.identity!r} received (expires in {left:.0f} s)",
+            level=logging.INFO,
         )
 
-    def _malformed(self, topic: str, payload: bytes, reason: str) -> None:
-        # Logged once per distinct message, so a flood or a retained message that returns
-        # at every resubscribe cannot fill the log.
-        mark = (topic, hashlib.sha256(payload).digest())
-        if mark in self._malformed_seen:
-            return
-        self._malformed_seen[mark] = None
-        if len(self._malformed_seen) > _MALFORMED_MEMORY:
-            self._malformed_seen.popitem(last=False)
-        log.warning("MQTT: ignored a malformed message on %s: %s", topic, reason)
+    def _note(self, kind: str, line: str, level: int = logging.WARNING) -> None:
+        """Log ``line`` unless its kind has had its lines this minute; then count it."""
+        self._flush()
+        if self._throttle.allow(kind):
+            log.log(level, "MQTT: %s", line)
+        else:
+            self._schedule_flush()
+
+    def _flush(self) -> None:
+        """The summaries of what was held back, once their minute is over."""
+        for summary in self._throttle.summaries():
+            words = SUMMARY_WORDS.get(summary.kind, summary.kind)
+            log.warning("MQTT: %s: %s", words, summary.tail())
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        due = self._throttle.next_due()
+        if due is not None and self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(due, self._on_flush_timer)
+
+    def _on_flush_timer(self) -> None:
+        self._flush_timer = None
+        self._flush()

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from explain.console import printable
 from protocol import AlertCode, ProtocolError
 from transport import KxpStream, TransportError
 from transport.control import (
@@ -24,7 +25,7 @@ from transport.control import (
     is_control,
 )
 
-from .inbox import Inbox, Upload, UploadError
+from .inbox import Inbox, Upload, UploadError, Usage
 
 Log = Callable[..., None]
 """log(event, **fields): the server's structured log."""
@@ -42,6 +43,9 @@ class Session:
         self.inbox = inbox
         self.log = log
         self.upload: Upload | None = None
+        self.usage = Usage()
+        """What this session stored in the inbox (its quota)."""
+        self._refused = 0  # uploads refused after the first one logged (see _refuse)
 
     async def handle(self, record: bytes, on_message: Callable[[bytes], Any]) -> None:
         """Route one record: upload bytes, a control record, or a message for the app."""
@@ -63,37 +67,55 @@ class Session:
             await self.stream.send(encode_control(OP_ERROR, reason=str(exc)))
             return
         if obj["op"] != OP_FILE:
-            await self.stream.send(encode_control(OP_ERROR, reason=f"unknown op {obj['op']!r}"))
+            op = printable(str(obj["op"])[:40])
+            await self.stream.send(encode_control(OP_ERROR, reason=f"unknown op {op!r}"))
             return
         try:
-            self.upload = Upload(self.inbox, obj)
-        except (UploadError, OSError) as exc:
-            self.log("upload-refused", reason=str(exc))
-            await self.stream.send(encode_control(OP_FILE_ERROR, reason=str(exc)))
+            upload = Upload(self.inbox, obj)
+            await self.inbox.reserve(upload.size, self.usage)
+        except UploadError as exc:
+            await self._refuse(str(exc))
             return
-        self.log("upload-start", file=self.upload.path.name, size=self.upload.size)
-        if self.upload.done:
+        try:
+            await upload.open()
+        except (UploadError, OSError) as exc:
+            self.inbox.release(upload.size, self.usage)
+            await self._refuse(str(exc))
+            return
+        self.upload = upload
+        self.log("upload-start", file=upload.path.name, size=upload.size)
+        if upload.done:
             await self._finish_upload()
 
+    async def _refuse(self, reason: str) -> None:
+        # The first refusal of a session is logged, the others counted (one line at close):
+        # a client looping on refused uploads must not write a line per attempt.
+        if self._refused == 0:
+            self.log("upload-refused", reason=reason)
+        self._refused += 1
+        await self.stream.send(encode_control(OP_FILE_ERROR, reason=reason))
+
     async def _upload_bytes(self, data: bytes) -> None:
-        assert self.upload is not None
+        upload = self.upload
+        assert upload is not None
         try:
-            self.upload.feed(data)
+            await upload.feed(data)
         except (UploadError, OSError) as exc:
-            self.upload.discard()
-            name, self.upload = self.upload.path.name, None
-            self.log("upload-failed", file=name, reason=str(exc))
+            self.upload = None
+            await self._drop(upload)
+            self.log("upload-failed", file=upload.path.name, reason=str(exc))
             await self.stream.send(encode_control(OP_FILE_ERROR, reason=str(exc)))
             return
-        if self.upload.done:
+        if upload.done:
             await self._finish_upload()
 
     async def _finish_upload(self) -> None:
         upload, self.upload = self.upload, None
         assert upload is not None
         try:
-            digest = upload.finish()
-        except UploadError as exc:
+            digest = await upload.finish()
+        except (UploadError, OSError) as exc:
+            self.inbox.release(upload.size, self.usage)
             self.log("upload-failed", file=upload.path.name, reason=str(exc))
             await self.stream.send(encode_control(OP_FILE_ERROR, reason=str(exc)))
             return
@@ -102,11 +124,17 @@ class Session:
             encode_control(OP_FILE_OK, name=upload.path.name, size=upload.size, sha256=digest)
         )
 
-    def close(self) -> None:
+    async def _drop(self, upload: Upload) -> None:
+        self.inbox.release(upload.size, self.usage)
+        await upload.discard()
+
+    async def close(self) -> None:
         """Drop a partial upload when the connection ends (and say so in the log)."""
+        if self._refused > 1:
+            self.log("upload-refused", more=self._refused - 1, reason="in this session")
         if self.upload is not None:
             upload, self.upload = self.upload, None
-            upload.discard()
+            await self._drop(upload)
             self.log(
                 "upload-failed",
                 file=upload.path.name,
@@ -146,7 +174,7 @@ class App:
                     return
         finally:
             self.left(session)
-            session.close()
+            await session.close()
 
     def joined(self, session: Session) -> None:
         """A session starts being served."""
@@ -188,8 +216,14 @@ class ChatApp(App):
             self.members.remove(session)
 
     async def message(self, session: Session, data: bytes) -> None:
-        """Relay without waiting on anyone: a member who does not read is dropped."""
-        line = session.name.encode("utf-8") + b": " + data
+        """Relay without waiting on anyone: a member who does not read is dropped.
+
+        The relayed line is one line of plain text: control characters (a newline, an
+        ANSI escape) are escaped visibly, so no member can clear another's screen or
+        start a line that looks like someone else's ("bob: ...", "SAS verified ...").
+        """
+        text = printable(data.decode("utf-8", "surrogateescape"))
+        line = f"{printable(session.name)}: {text}".encode()
         for other in list(self.members):
             if other is session or other.stream.closed:
                 continue

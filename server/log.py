@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from explain.console import out
+from explain.console import out, printable
 from explain.explainer import Explainer
 from explain.render import SUMMARY_INDENT, summary_line, terminal_width
 from protocol import FrameTraced, HandshakeComplete
@@ -36,7 +36,9 @@ class ServerLog(ServerObserver):
             record.update(fields)
             out(json.dumps(record, sort_keys=False, default=str))
             return
-        text = self._text(event, peer, fields)
+        # Escaped before it is wrapped: a peer's newline must not start a line of its own,
+        # while the wrapping's own line breaks stay line breaks.
+        text = printable(self._text(event, peer, fields))
         width = terminal_width(self.console)
         if width is not None and len(text) > width:
             # On a terminal, break between words rather than through a fingerprint or a path;
@@ -48,7 +50,7 @@ class ServerLog(ServerObserver):
                 break_long_words=False,
                 break_on_hyphens=False,
             )
-        out(text)
+        print(text, flush=True)
 
     @staticmethod
     def _text(event: str, peer: str, fields: dict[str, Any]) -> str:
@@ -67,9 +69,8 @@ class ServerLog(ServerObserver):
             return f"{where}connection failed: {fields.get('reason', '')}"
         if event == "oob":  # a line of the MQTT channel's own log (server/oob.py)
             return f"oob: {fields.get('message', '')}"
-        if event == "sas-verified":
-            sas = fields.get("sas", "")
-            return f"{where}SAS verified over MQTT: the client computed the same SAS ({sas} …)"
+        if event == "sas-matched":  # never "verified": see oob/sas.py describe_match
+            return f"{where}{fields.get('detail', '')}"
         # A fingerprint is shown bare, SHA256:..., as the client shows it: it names itself,
         # and without "fingerprint=" it fits an 80-column line.
         detail = " ".join(str(v) if k == "fingerprint" else f"{k}={v}" for k, v in fields.items())
@@ -77,10 +78,6 @@ class ServerLog(ServerObserver):
 
     def log(self, event: str, peer: str, fields: dict[str, Any]) -> None:
         """ServerObserver: structured events."""
-        if event == "sas-verified" and not self.json:
-            text = self._text(event, peer, fields)
-            self.console.print(text, style="green", soft_wrap=True, markup=False, highlight=False)
-            return
         self.emit(event, peer, **fields)
         if event in ("closed", "error", "refused"):
             self._explainers.pop(peer, None)
@@ -111,7 +108,8 @@ class ServerLog(ServerObserver):
             )
         else:
             width = terminal_width(self.console)  # a file or a pipe gets one line per event
-            out(summary_line(hc, ms, "server", label=f"[{peer}] ", width=width))
+            # Already escaped (the peer's psk identity): its line breaks are the wrapping's.
+            print(summary_line(hc, ms, "server", label=f"[{peer}] ", width=width), flush=True)
         if self.explain or self.show_secrets:
             explainer = self._explainer(peer)
             explainer.complete = hc

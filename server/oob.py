@@ -20,12 +20,15 @@ from oob import (
     Fingerprint,
     MqttSettings,
     OobError,
+    PskTable,
     ServerChannel,
+    describe_match,
     exchange_sas,
 )
+from oob.psk_table import DEFAULT_MAX_LIFETIME
 from protocol import HandshakeComplete
 
-from .server import ServerObserver, ServerOptions
+from .server import SasOutcome, ServerObserver, ServerOptions
 
 OOB_LOGGER = "kexlab.oob"
 
@@ -52,6 +55,8 @@ class ServerOob:
     psk_wait: float = DEFAULT_PSK_WAIT
     verify_sas: bool = False
     sas_timeout: float = DEFAULT_SAS_TIMEOUT
+    psk_max_lifetime: float = DEFAULT_MAX_LIFETIME
+    """No key handed over lives longer than this, whatever its expires_at says."""
     channel_options: dict[str, Any] = field(default_factory=dict)
     """Passed to ``ServerChannel`` (tests shorten the reconnect backoff)."""
     channel: ServerChannel | None = field(default=None, init=False)
@@ -59,7 +64,8 @@ class ServerOob:
 
     def attach(self, options: ServerOptions) -> ServerChannel:
         """Create the channel and hook it into ``options`` (before the KexlabServer is built)."""
-        self.channel = ServerChannel(self.settings, self.server_id, **self.channel_options)
+        options_ = {"table": PskTable(max_lifetime=self.psk_max_lifetime), **self.channel_options}
+        self.channel = ServerChannel(self.settings, self.server_id, **options_)
         options.psk_lookup = self.channel.lookup
         options.psk_provider = self.channel.provider(self.psk_wait)
         if self.verify_sas:
@@ -91,16 +97,19 @@ class ServerOob:
             self._bridge.uninstall()
             self._bridge = None
 
-    async def check_sas(self, hc: HandshakeComplete) -> str | None:
-        """``SasCheck``: publish our SAS, wait for the client's; None on a match."""
+    async def check_sas(self, hc: HandshakeComplete) -> SasOutcome:
+        """``SasCheck``: probe, publish our SAS, wait for the client's; say what a match shows."""
         try:
-            same = await exchange_sas(
+            result = await exchange_sas(
                 self.settings, self.server_id, hc.client_random, "server", hc.sas, self.sas_timeout
             )
         except OobError as exc:
             # Asked to verify and could not: going on would silently drop the check.
-            return f"SAS not compared: {exc}"
-        return None if same else SAS_MISMATCH
+            return SasOutcome(f"SAS not compared: {exc}")
+        if not result.match:
+            return SasOutcome(SAS_MISMATCH)
+        line, _verified = describe_match(result, "server", hc.sas_display, len(hc.sas) * 8)
+        return SasOutcome(None, line)
 
 
 class OobLogBridge(logging.Handler):

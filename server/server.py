@@ -42,15 +42,41 @@ from transport import ConnectionLost, KxpStream, PskProvider
 from transport.keylog import append_keylog
 
 from .apps import APPS, App, Session
-from .inbox import Inbox
+from .inbox import Inbox, Quota
+from .limits import (
+    ALERT_REASONS,
+    BUSY,
+    DEFAULT_HANDSHAKE_RATE,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_PER_ADDRESS,
+    RATE,
+    STOPPING,
+    AddressLimits,
+    Limits,
+    RefusalLog,
+    address_key,
+)
 
-DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_IDLE_TIMEOUT = 600.0
+"""Seconds a session may stay silent: idle sessions must not hold slots forever."""
 LISTEN_BACKLOG = 1024
 SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to answer its close_notify when it stops."""
 
-SasCheck = Callable[[HandshakeComplete], Awaitable[str | None]]
-"""Compare a session's SAS with the client's out of band: None if they match, else why not."""
+
+@dataclass(frozen=True)
+class SasOutcome:
+    """A session's SAS compared with the client's out of band."""
+
+    failure: str | None
+    """Why the session must end (a mismatch, no answer); None: it may go on."""
+    line: str = ""
+    """What the comparison showed and what it cannot prove, for the log."""
+
+
+SasCheck = Callable[[HandshakeComplete], Awaitable[SasOutcome]]
+"""Compare a session's SAS with the client's out of band (``--verify-sas mqtt``)."""
 
 
 @dataclass
@@ -75,17 +101,29 @@ class ServerOptions:
     """Run after each handshake, before the app (``--verify-sas mqtt``)."""
     app: str = "echo"
     inbox: Path = Path("inbox")
+    inbox_quota: Quota = field(default_factory=Quota)
     keylog: Path | None = None
     explain: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_address: int = DEFAULT_MAX_PER_ADDRESS
+    """Connections from one address (IPv6: one /64); 0: no limit."""
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    """Handshakes in progress at once (one address gets half)."""
+    handshake_rate: float = DEFAULT_HANDSHAKE_RATE
+    """Handshakes per second per address after a burst of twice as many; 0: no limit."""
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
-    idle_timeout: float | None = None
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    """None (or 0): sessions may stay silent forever."""
     pcap: PcapWriter | None = None
     """Where every connection's bytes are recorded (``--pcap``); the caller closes it."""
     rng: RandomSource | None = None
     """Where every connection draws its randomness (``--deterministic``); None: the OS."""
     trace: bool = False
     """Trace frames to the observer even without ``explain`` (the session pages)."""
+
+
+class Refused(Exception):
+    """A connection turned away by a limit (its alert sent, its line logged rate-limited)."""
 
 
 class ServerObserver:
@@ -121,8 +159,17 @@ class KexlabServer:
         check_server_config(
             self.config
         )  # ValueError: a configuration that cannot serve what it enables
-        self.app: App = APPS[options.app](options.idle_timeout)
-        self.inbox = Inbox(options.inbox)
+        self.app: App = APPS[options.app](options.idle_timeout or None)
+        self.inbox = Inbox(options.inbox, options.inbox_quota)
+        self.limits = AddressLimits(
+            Limits(
+                max_connections=options.max_connections,
+                max_per_address=options.max_per_address,
+                max_handshakes=options.max_handshakes,
+                handshake_rate=options.handshake_rate,
+            )
+        )
+        self.refusals = RefusalLog(lambda event, peer, **kw: self._log(event, peer, **kw))
         self.streams: set[KxpStream] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -155,6 +202,7 @@ class KexlabServer:
     async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting, send close_notify to every client, wait ``grace`` s, drop the rest."""
         self._stopping = True
+        self.refusals.close()
         if self._server is not None:
             self._server.close()
         for stream in list(self.streams):
@@ -198,21 +246,17 @@ class KexlabServer:
         tap = self._tap(writer, peer)
         if tap is not None:
             stream.on_bytes = tap.on_bytes
-        if self._stopping or len(self.streams) >= self.options.max_connections:
-            if self._stopping:
-                stream.send_close()
-                self._log("refused", peer, reason="server stopping")
-            else:
-                stream.abort(AlertCode.HANDSHAKE_FAILURE, "server busy: too many connections")
-                self._log("refused", peer, reason="max connections reached")
-            if tap is not None:
-                tap.close()
-            await stream.wait_closed()
+        peername = writer.get_extra_info("peername")
+        key = address_key(peername[0]) if peername else peer
+        refusal = STOPPING if self._stopping else self.limits.admit(key)
+        if refusal is not None:
+            await self._refuse(stream, peer, key, refusal, tap)
             return
         self.streams.add(stream)
-        self._log("connect", peer)
         try:
-            await self._session(stream, peer)
+            await self._session(stream, peer, key)
+        except Refused:
+            pass  # already told (rate-limited), and the client got its alert
         except PeerAlert as exc:  # the client ended it: nothing was sent back (§7)
             self._log("error", peer, received_alert=exc.name, code=exc.code, reason=exc.reason)
         except ProtocolError as exc:
@@ -240,19 +284,67 @@ class KexlabServer:
             )
         finally:
             self.streams.discard(stream)
+            self.limits.release(key)
             if tap is not None:
                 tap.close()  # no byte crosses after this: the session is over
             await stream.wait_closed()
 
-    async def _session(self, stream: KxpStream, peer: str) -> None:
+    async def _refuse(
+        self, stream: KxpStream, peer: str, key: str, kind: str, tap: PcapTap | None
+    ) -> None:
+        """Turn a connection away before its handshake costs anything; log it rate-limited."""
+        if kind == STOPPING:
+            stream.send_close()
+        else:
+            stream.abort(AlertCode.HANDSHAKE_FAILURE, ALERT_REASONS[kind])
+        self.refusals.note(peer, key, kind)
+        if tap is not None:
+            tap.close()
+        await stream.wait_closed()
+
+    def _refused(self, stream: KxpStream, peer: str, key: str, kind: str) -> Refused:
+        stream.abort(AlertCode.HANDSHAKE_FAILURE, ALERT_REASONS[kind])
+        self.refusals.note(peer, key, kind)
+        return Refused(kind)
+
+    async def _paced_handshake(self, stream: KxpStream, peer: str, key: str) -> HandshakeComplete:
+        """Wait for this address's turn and a handshake slot, then run the handshake.
+
+        The handshake timeout counts from the connection, waits included: a paced client
+        is served within the time it was promised, or refused.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.handshake_timeout
+        wait = self.limits.pace(key)
+        if wait is None:
+            raise self._refused(stream, peer, key, RATE)
+        if wait:
+            await asyncio.sleep(wait)
+        try:
+            # At most half the handshake timeout in the queue: the rest is the handshake's.
+            async with asyncio.timeout_at(deadline - self.options.handshake_timeout / 2):
+                await self.limits.acquire_handshake(key)
+        except TimeoutError:
+            raise self._refused(stream, peer, key, BUSY) from None
+        # Logged only now: a flood turned away by its pace leaves no line per connection.
+        self._log("connect", peer)
+        try:
+            return await stream.do_handshake(max(0.0, deadline - loop.time()))
+        finally:
+            self.limits.release_handshake(key)
+
+    async def _session(self, stream: KxpStream, peer: str, key: str) -> None:
         started = time.perf_counter()
-        hc = await stream.do_handshake(self.options.handshake_timeout)
+        hc = await self._paced_handshake(stream, peer, key)
         ms = (time.perf_counter() - started) * 1000.0
         if self.options.keylog is not None:
             try:
-                append_keylog(self.options.keylog, hc.keylog)
+                warning = append_keylog(self.options.keylog, hc.keylog)
             except OSError as exc:
-                self._log("keylog-error", peer, reason=str(exc))
+                self._log("keylog-error", peer, path=str(self.options.keylog), reason=str(exc))
+            else:
+                if warning is not None:
+                    self._log("keylog-warning", peer, reason=warning)  # once: now 0600
         with contextlib.suppress(Exception):  # a broken log sink must not kill a connection
             self.observer.handshake(peer, hc, ms)
         if self.options.sas_check is not None:
@@ -277,11 +369,12 @@ class KexlabServer:
     async def _check_sas(self, stream: KxpStream, peer: str, hc: HandshakeComplete) -> None:
         """Hold the app until the client's SAS matched ours; abort the connection if not."""
         assert self.options.sas_check is not None
-        reason = await self.options.sas_check(hc)
-        if reason is not None:
+        outcome = await self.options.sas_check(hc)
+        if outcome.failure is not None:
             # The handshake itself succeeded, but nobody can vouch for the key it produced.
-            raise stream.abort(AlertCode.HANDSHAKE_FAILURE, reason)
-        self._log("sas-verified", peer, sas=hc.sas_display)
+            raise stream.abort(AlertCode.HANDSHAKE_FAILURE, outcome.failure)
+        # Never "verified": a client's SAS over MQTT proves only who may write its topic.
+        self._log("sas-matched", peer, sas=hc.sas_display, detail=outcome.line)
 
     def _lookup_psk(self, identity: str) -> bytes | None:
         """``--psk`` keys first, then keys received out of band."""

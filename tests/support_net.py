@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cli.psk_options import ON_THE_COMMAND_LINE as PSK_WARNING
 from keystore import fingerprint, load_private_key, write_private_key
 from protocol import HandshakeComplete
 from server.server import KexlabServer, ServerObserver, ServerOptions
@@ -252,7 +253,11 @@ class ServerProcess:
 
 
 def run_client(
-    *args: str, input: str | None = None, timeout: float = 30.0, cmd: list[str] | None = None
+    *args: str,
+    input: str | None = None,
+    timeout: float = 30.0,
+    cmd: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``kexlab client ARGS`` as a real process."""
     return subprocess.run(
@@ -261,13 +266,18 @@ def run_client(
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
 def one_error_line(stderr: str) -> str:
-    """Assert stderr is exactly one line and no traceback; return it."""
+    """Assert stderr is exactly one line and no traceback; return it.
+
+    The warning that ``--psk`` puts the key in the process list is not counted: tests
+    that use ``--psk`` for brevity get it (test_redteam_files.py checks it).
+    """
     assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip() and line != PSK_WARNING]
     assert len(lines) == 1, stderr
     return lines[0]
 

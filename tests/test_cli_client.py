@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from cli.client_command import client as client_command
 from cli.client_command import python_m_app
 from cli.main import app
+from cli.psk_options import ON_THE_COMMAND_LINE as PSK_WARNING
 from keystore import fingerprint, generate_private_key, short_fingerprint, write_private_key
 from protocol import CipherSuite, Frame, FrameDecoder, FrameType, Kex, encode_frame, parse_keylog
 from protocol.constants import SUITES
@@ -60,7 +61,7 @@ def summary(output: str) -> str:
 def error_of(result) -> str:  # type: ignore[no-untyped-def]
     """The single stderr line of a failed run (and never a traceback)."""
     assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and ln != PSK_WARNING]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
@@ -209,7 +210,9 @@ def test_tofu_refuses_a_changed_key_with_bad_certificate(srv: ThreadServer, home
     fp = home_fingerprint(home)
     assert line == (
         f"error: server key changed for {srv.address}: possible man in the middle"
-        f" (known SHA256:{known}, got SHA256:{fp}) (sent alert bad_certificate (42))"
+        f" (known SHA256:{known}, got SHA256:{fp}) (sent alert bad_certificate (42));"
+        f" if the server's key changed on purpose: kexlab known-hosts forget {srv.address}"
+        f" (line 1 of {home / 'known_hosts'})"
     )
     fields = srv.recorder.wait_for("error")  # the alert went over the wire
     assert (fields["received_alert"], fields["code"]) == ("bad_certificate", 42)

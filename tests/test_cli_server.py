@@ -449,7 +449,7 @@ def test_port_in_use_is_one_line() -> None:
         (["--port", "70000"], "'--port'"),
         (["--max-connections", "0"], "'--max-connections'"),
         (["--handshake-timeout", "0"], "'--handshake-timeout'"),
-        (["--idle-timeout", "0"], "'--idle-timeout'"),
+        (["--idle-timeout", "-1"], "'--idle-timeout'"),  # 0: never
         (["--anonymous", "--sign-key", "x.pem"], "--anonymous and --sign-key exclude each other"),
     ],
 )

@@ -272,11 +272,22 @@ async def test_sas_match_both_sides_true_and_payload_on_the_wire(broker: LabBrok
         await eventually(
             lambda: {str(m.topic).rsplit("/", 1)[1] for m in seen} == {"client", "server"}
         )
-    assert results == [True, True]
-    message = seen[0]
-    assert str(message.topic).startswith(f"kexlab/v1/{SID}/sas/{client_random.hex()}/")
-    assert json.loads(message.payload) == {"sas": sas.hex()}
-    assert (message.qos, message.retain) == (1, False)
+    assert [r.match for r in results] == [True, True]
+    # An open broker: each side's probe on the other's topic came back, so neither may
+    # call the match verified.
+    assert [r.peer_topic_open for r in results] == [True, True]
+    for message in seen:
+        assert str(message.topic).startswith(f"kexlab/v1/{SID}/sas/{client_random.hex()}/")
+        assert (message.qos, message.retain) == (1, False)
+    bodies = {(str(m.topic).rsplit("/", 1)[1], m.payload) for m in seen}
+    for role in ("client", "server"):
+        other = "server" if role == "client" else "client"
+        # Each SAS names its publisher's role; each probe goes on the other's topic.
+        assert (role, json.dumps({"role": role, "sas": sas.hex()}).encode()) in {
+            (t, json.dumps(json.loads(p), sort_keys=True).encode()) for t, p in bodies
+        }
+        probes = [json.loads(p) for t, p in bodies if t == other and b"probe" in p]
+        assert [p["role"] for p in probes] == [role]
 
 
 async def test_sas_mismatch_both_sides_false(broker: LabBroker) -> None:
@@ -286,7 +297,7 @@ async def test_sas_mismatch_both_sides_false(broker: LabBroker) -> None:
         exchange_sas(settings, SID, client_random, "client", os.urandom(32), timeout=5),
         exchange_sas(settings, SID, client_random, "server", os.urandom(32), timeout=5),
     )
-    assert results == [False, False]
+    assert [r.match for r in results] == [False, False]
 
 
 async def test_sas_peer_that_arrives_late_still_sees_ours(broker: LabBroker) -> None:
@@ -299,8 +310,8 @@ async def test_sas_peer_that_arrives_late_still_sees_ours(broker: LabBroker) -> 
         async with asyncio.timeout(5):
             await anext(aiter(watcher.messages))  # the client's first publish has gone by
     late = await exchange_sas(settings, SID, client_random, "server", sas, timeout=5)
-    assert late is True
-    assert await early is True
+    assert late.match is True
+    assert (await early).match is True
 
 
 async def test_sas_without_a_peer_times_out(broker: LabBroker) -> None:

@@ -133,7 +133,10 @@ async def test_sas_exchange_works_through_the_acl(hardened: Mosquitto) -> None:
         exchange_sas(hardened.settings(CLIENT_USER), SID, client_random, "client", sas, 5),
         exchange_sas(hardened.settings(SERVER_USER), SID, client_random, "server", sas, 5),
     )
-    assert results == [True, True]
+    assert [r.match for r in results] == [True, True]
+    # The ACL dropped each side's probe on the other's topic: the client may say
+    # "verified"; the server never does (any client account may write sas/+/client).
+    assert [r.peer_topic_open for r in results] == [False, False]
 
 
 async def test_a_client_cannot_speak_for_the_server_in_the_sas_exchange(
@@ -156,10 +159,13 @@ async def test_a_client_cannot_speak_for_the_server_in_the_sas_exchange(
         async with asyncio.timeout(5):
             await anext(aiter(server.messages))  # the client's own SAS: it is subscribed now
         async with connect(hardened.settings(CLIENT_USER)) as mitm:
-            forged = json.dumps({"sas": os.urandom(32).hex()}).encode()
+            forged = json.dumps({"role": "server", "sas": os.urandom(32).hex()}).encode()
             await mitm.publish(to_server, forged, qos=1)  # acknowledged, and dropped by the ACL
-        await server.publish(to_server, json.dumps({"sas": sas.hex()}).encode(), qos=1)
-        assert await waiting is True
+        genuine = json.dumps({"role": "server", "sas": sas.hex()}).encode()
+        await server.publish(to_server, genuine, qos=1)
+        result = await waiting
+    assert result.match is True and result.values == 1  # the forgery never arrived
+    assert result.peer_topic_open is False  # nor did the client's own probe: the ACL held
 
 
 # --------------------------------------------------------------------------- TLS

@@ -31,7 +31,16 @@ from oob import (
     publish_psk,
     sas_topic,
 )
-from oob.payloads import encode_sas, parse_fingerprint, parse_psk, parse_sas, psk_filter
+from oob.payloads import (
+    SasMessage,
+    encode_probe,
+    encode_sas,
+    parse_fingerprint,
+    parse_psk,
+    parse_sas_message,
+    psk_filter,
+)
+from oob.psk_table import Admission
 from oob.settings import connect
 
 NOW = 1_900_000_000.0
@@ -183,11 +192,24 @@ def test_fingerprint_and_sas_payloads() -> None:
     with pytest.raises(MalformedPayload, match="address"):
         parse_fingerprint("srv", b'{"server_id": "srv", "key_sha256": "' + b"ab" * 32 + b'"}')
     sas = bytes(range(48))
-    assert json.loads(encode_sas(sas)) == {"sas": sas.hex()}
-    assert parse_sas(encode_sas(sas)) == sas
-    for bad in (b'{"sas": "zz"}', b'{"sas": "abcd"}', b'{"sas": 1}', b"[]"):
+    assert json.loads(encode_sas(sas, "client")) == {"role": "client", "sas": sas.hex()}
+    assert parse_sas_message(encode_sas(sas, "server")) == SasMessage("server", sas=sas)
+    assert parse_sas_message(encode_probe("ab" * 16, "client")) == SasMessage(
+        "client", probe="ab" * 16
+    )
+    for bad in (
+        b'{"sas": "zz", "role": "client"}',
+        b'{"sas": "abcd", "role": "client"}',
+        b'{"sas": 1, "role": "server"}',
+        b"[]",
+        b'{"sas": "' + sas.hex().encode() + b'"}',  # the old, role-less payload
+        b'{"sas": "' + sas.hex().encode() + b'", "role": "mallory"}',
+        b'{"probe": "abc", "role": "client"}',
+    ):
         with pytest.raises(MalformedPayload):
-            parse_sas(bad)
+            parse_sas_message(bad)
+    with pytest.raises(ValueError):
+        encode_sas(sas, "mallory")
 
 
 def test_shared_psk_line_and_generators() -> None:
@@ -233,17 +255,42 @@ def test_table_forgets_expired_keys_and_refuses_stale_ones() -> None:
     assert table.lookup("a") is None and "a" not in table and len(table) == 0
 
 
-def test_table_is_bounded_and_evicts_the_soonest_to_expire() -> None:
-    table = PskTable(clock=Clock(), max_entries=3)
-    for name, ttl in (("b", 30), ("a", 10), ("c", 20)):
-        table.add(name, name.encode() * 16, NOW + ttl)
-    table.add("d", b"d" * 16, NOW + 5)
-    assert table.lookup("a") is None  # soonest to expire went first
-    assert [table.lookup(n) is not None for n in "bcd"] == [True, True, True]
-    table.add("c", b"C" * 16, NOW + 99)  # replacing does not evict anyone
-    assert len(table) == 3 and table.lookup("c") == b"C" * 16
+def test_a_full_table_evicts_no_unexpired_key_and_keeps_newcomers_only_briefly() -> None:
+    """Issue 13 item 7: a flood must not push out keys already received."""
+    clock = Clock()
+    table = PskTable(clock=clock, max_entries=3, recent=2, recent_lifetime=30)
+    for name, ttl in (("b", 300), ("a", 10), ("c", 20)):
+        assert table.add(name, name.encode() * 16, NOW + ttl).admission is Admission.STORED
+    assert table.full
+    late = table.add("d", b"d" * 16, NOW + 1e9)
+    assert late.admission is Admission.RECENT and late.expires_at == NOW + 30
+    assert [table.lookup(n) is not None for n in "abcd"] == [True] * 4  # nobody evicted
+    table.add("e", b"e" * 16, NOW + 60)
+    table.add("f", b"f" * 16, NOW + 60)  # the ring of recent arrivals holds 2
+    assert table.lookup("d") is None and table.lookup("f") == b"f" * 16
+    assert len(table) == 3 and table.lookup("a") == b"a" * 16
+    clock.now = NOW + 10  # "a" expires: room for one more in the table proper
+    assert table.add("g", b"g" * 16, NOW + 100).admission is Admission.STORED
+    clock.now = NOW + 31  # the recent ones are gone, the stored ones are not
+    assert table.lookup("f") is None and table.lookup("g") == b"g" * 16
     with pytest.raises(ValueError):
         PskTable(max_entries=0)
+
+
+def test_a_key_lives_at_most_the_ceiling_and_an_identity_keeps_its_first_key() -> None:
+    clock = Clock()
+    table = PskTable(clock=clock, max_lifetime=600)
+    added = table.add("far", b"F" * 16, 1e15)  # the retained bomb's expires_at
+    assert added.clamped and added.expires_at == NOW + 600
+    other = table.add("far", b"X" * 16, NOW + 60)  # someone else's key for the same identity
+    assert other.admission is Admission.CONFLICT and not other
+    assert table.lookup("far") == b"F" * 16
+    again = table.add("far", b"F" * 16, NOW + 60)  # the same key again is no conflict
+    assert again.admission is Admission.STORED
+    clock.now = NOW + 600
+    assert table.lookup("far") is None
+    assert table.add("far", b"X" * 16, NOW + 700)  # expired: the identity is free again
+    assert not table.add("old", b"O" * 16, NOW + 600)  # not in the future: refused
 
 
 async def test_table_wait_for_wakes_on_add_and_cleans_up_after_timeout() -> None:

@@ -577,7 +577,10 @@ class RealServer:
         inbox = home / "inbox"
         self.inbox = inbox
         argv = [sys.executable, "-X", "dev", "-W", "error", "-m", "server", "--port", "0"]
-        argv += ["--psk", f"alice={PSK.hex()}", "--inbox", str(inbox), *args]
+        keys = home / "psk"  # a key file: --psk would show the key in the process list
+        keys.write_text(f"alice={PSK.hex()}\n")
+        keys.chmod(0o600)
+        argv += ["--psk-file", str(keys), "--inbox", str(inbox), *args]
 
         def limit() -> None:
             if nofile is not None:

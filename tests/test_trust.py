@@ -99,7 +99,10 @@ def test_tofu_changed_key_refuses(known: Path) -> None:
         f"server key changed for {HOST}: possible man in the middle"
         f" (known SHA256:{FP_A}, got SHA256:{FP_B})"
     )
-    assert any(f"remove the line for {HOST}" in note for note in policy.notes)
+    assert policy.hint == (
+        f"if the server's key changed on purpose: kexlab known-hosts forget {HOST}"
+        f" (line 1 of {known})"
+    )
     assert known.read_text() == f"{HOST} {FP_A}\n"  # the known key is kept
 
 
@@ -207,23 +210,27 @@ def test_policy_is_callable_as_trust_decision() -> None:
 
 def test_known_hosts_file_format(tmp_path: Path) -> None:
     path = tmp_path / "known_hosts"
-    path.write_text(
+    original = (
         "# kexlab known hosts\n\n"
-        f"a:1 {FP_A}\n"
-        "malformed line with words\n"
-        f"b:2 {FP_B.upper()}\n"
-        f"a:1 {FP_B}\n"  # a later line wins
+        f"a:1 {FP_A}  # the lab server, pinned by hand\n"
+        f"b:2 SHA256:{FP_B.upper()}\n"
+        f"a:1 {FP_B}\n"  # two keys for one host: either is accepted, get() gives the last
     )
+    path.write_text(original)
     hosts = KnownHosts(path)
+    assert hosts.problems() == []
+    assert [line.sha256 for line in hosts.keys("a:1")] == [FP_A, FP_B]
     assert hosts.get("a:1") == FP_B
     assert hosts.get("b:2") == FP_B
     assert hosts.get("c:3") is None
     hosts.add("c:3", FP_A.upper())
     assert hosts.get("c:3") == FP_A
-    assert path.read_text() == f"a:1 {FP_B}\nb:2 {FP_B}\nc:3 {FP_A}\n"
-    assert hosts.remove("a:1")
-    assert not hosts.remove("a:1")
+    # Every line it did not write is still there, byte for byte; the new pin comes last.
+    assert path.read_text() == original + f"c:3 {FP_A}\n"
+    assert hosts.remove("a:1") == 2
+    assert hosts.remove("a:1") == 0
     assert hosts.entries() == {"b:2": FP_B, "c:3": FP_A}
+    assert path.read_text() == f"# kexlab known hosts\n\nb:2 SHA256:{FP_B.upper()}\nc:3 {FP_A}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["known_hosts"]  # no temp files left
 
 

@@ -11,8 +11,11 @@ import json
 from typing import Any
 
 from protocol import KexlabError
+from protocol.json_payload import KIND_JSON, JsonPayloadError, load_object
 
 CONTROL_PREFIX = b"\x00"
+MAX_CONTROL = 4096
+"""Bytes of JSON a control record may carry: its objects are a few fields each."""
 FILE_CHUNK = 65536
 """File bytes travel in records of at most this size (one KXP record's content limit)."""
 
@@ -46,9 +49,14 @@ def decode_control(record: bytes) -> dict[str, Any]:
     if not is_control(record):
         raise ControlError("not a control record")
     try:
-        obj = json.loads(record[1:].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ControlError("control record is not UTF-8 JSON") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
+        # Bounded: a nesting bomb here used to cost the connection an internal_error.
+        obj = load_object(record[1:], max_bytes=MAX_CONTROL)
+    except JsonPayloadError as exc:
+        if exc.kind != KIND_JSON:  # too big, or a nesting bomb
+            raise ControlError(f"control record refused: {exc}") from None
+        if "object" not in str(exc):
+            raise ControlError("control record is not UTF-8 JSON") from None
+        obj = {}
+    if not isinstance(obj.get("op"), str):
         raise ControlError('control record is not a JSON object with an "op" string')
     return obj

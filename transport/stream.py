@@ -55,6 +55,8 @@ READ_SIZE = 262144
 COALESCE = 16384
 """Bytes of sealed records that may wait for the end of the loop turn; more go out at once."""
 DEFAULT_CLOSE_WAIT = 2.0
+ANSWER_BACKLOG = 65536
+"""Bytes of the reader's own answers written unread before it waits for the socket to take them."""
 FAIR_BURST = 32
 """Events handed out before the reading task lets others run (see ``next_event``)."""
 
@@ -104,6 +106,7 @@ class KxpStream:
         self._queued = 0
         self._scheduled = False
         self._replied = False  # the reader wrote answers of its own since its last read
+        self._answered = 0  # bytes of such answers since the socket last had nothing queued
 
     # ------------------------------------------------------------------ opening
 
@@ -178,6 +181,7 @@ class KxpStream:
             answer = conn.data_to_send()
             if answer:
                 self._replied = True
+                self._answered += len(answer)
                 self._write_quietly(answer)
             if event is not None:
                 self._note(event)
@@ -191,7 +195,12 @@ class KxpStream:
             self._write_quietly()  # a request leaves before we wait for its answer
             if self._replied:
                 self._replied = False
-                await self._flush(backpressure=False)
+                # A peer asking for answers (key_update with request_update=1) faster than
+                # it reads them would grow our buffer without end (issue 13): once our own
+                # answers pile up, stop reading until the socket takes them.
+                await self._flush(backpressure=self._answered > ANSWER_BACKLOG)
+                if self.writer.transport.get_write_buffer_size() == 0:
+                    self._answered = 0
             await self._read()
 
     async def _read(self) -> None:
