@@ -25,7 +25,7 @@ from capture.tap import CaptureFileError, close_pcap, open_pcap
 from explain.console import describe_error, out
 from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
 from mitm import MitmOptions, MitmProxy, Tally, Tamper
-from oob import DEFAULT_PSK_WAIT, MqttSettings, OobError, ServerChannel
+from oob import DEFAULT_PSK_WAIT, MqttSettings, OobError, SasForger, ServerChannel
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
 from protocol.kex import ServerPrivateKey
 
@@ -45,6 +45,8 @@ from .parsing import parse_address
 
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT + 1}"
 DEFAULT_UPSTREAM = f"127.0.0.1:{DEFAULT_PORT}"
+FORGE_WAIT = 1.0
+"""Seconds to wait for a side to publish its SAS (one that does not compare publishes none)."""
 
 
 def _check_address(value: str) -> str:
@@ -139,6 +141,14 @@ def mitm(
     ] = None,
     oob: OptionalOobOption = None,
     server_id: ServerIdOption = None,
+    forge_sas: Annotated[
+        bool,
+        typer.Option(
+            "--forge-sas",
+            help="With --oob: answer each side's SAS over MQTT with the SAS of its own leg"
+            " (a match on a broker that lets us publish there).",
+        ),
+    ] = False,
     psk_wait: Annotated[
         float,
         typer.Option(
@@ -174,6 +184,15 @@ def mitm(
         raise typer.BadParameter(
             "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
         )
+    if forge_sas and oob is None:
+        raise typer.BadParameter(
+            "needs the MQTT out-of-band channel: add --oob mqtt://HOST:PORT",
+            param_hint="'--forge-sas'",
+        )
+    if forge_sas and relay:
+        raise typer.BadParameter(
+            "--relay holds no keys and knows no SAS to forge", param_hint="'--forge-sas'"
+        )
     mqtt_options_need_oob(
         oob,
         username=mqtt_username,
@@ -205,7 +224,7 @@ def mitm(
     except CaptureFileError as exc:
         fail(str(exc))
     try:
-        tally = asyncio.run(_run(listen_at, options, tamper, settings, sid, psk_wait))
+        tally = asyncio.run(_run(listen_at, options, tamper, settings, sid, psk_wait, forge_sas))
     except (OSError, OobError) as exc:
         fail(describe_error(exc))
     finally:
@@ -276,13 +295,23 @@ async def _run(
     settings: MqttSettings | None,
     server_id: str,
     psk_wait: float,
+    forge_sas: bool = False,
 ) -> Tally:
-    channel = None
-    if settings is not None:
-        channel = ServerChannel(settings, server_id)
-        channel.start()
-        options.psk_source = channel.provider(psk_wait)
-        out(f"listening on the broker for PSKs of server id {server_id!r}")
+    async with contextlib.AsyncExitStack() as stack:
+        if settings is not None:
+            channel = ServerChannel(settings, server_id)
+            channel.start()
+            stack.push_async_callback(channel.stop)
+            options.psk_source = channel.provider(psk_wait)
+            out(f"listening on the broker for PSKs of server id {server_id!r}")
+        if settings is not None and forge_sas:
+            forger = await stack.enter_async_context(SasForger(settings, server_id))
+            options.forge_sas = lambda cr, victim, sas: forger.answer(cr, victim, sas, FORGE_WAIT)
+            out(f"forging SAS answers on kexlab/v1/{server_id}/sas/+/+")
+        return await _serve(listen, options, tamper)
+
+
+async def _serve(listen: tuple[str, int], options: MitmOptions, tamper: Tamper | None) -> Tally:
     proxy = MitmProxy(listen, options, out, tamper)
     host, port = await proxy.start()
     mode = f"relaying ({tamper.value})" if tamper is not None else "intercepting"
@@ -302,8 +331,6 @@ async def _run(
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         await proxy.stop()
-        if channel is not None:
-            await channel.stop()
     return proxy.tally
 
 

@@ -57,7 +57,7 @@ Report = Callable[[str], None]
 PskSource = Callable[[str], Awaitable[bytes | None]]
 """identity -> the key sniffed for it (waiting a bounded time), or None."""
 SasForger = Callable[[bytes, str, bytes], Awaitable[str]]
-"""(client_random, role to impersonate, sas) -> a line saying what was published."""
+"""(client_random, the side to deceive, the SAS of its leg) -> a line saying what was done."""
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Interception:
             f" {self._what_we_showed(client_hc)}"
         )
         if self.options.forge_sas is not None:
-            self.say(await self.options.forge_sas(client_hc.client_random, "server", client_hc.sas))
+            self.say(await self.options.forge_sas(client_hc.client_random, "client", client_hc.sas))
         try:
             server_hc = await self._open_server_leg(client_hc)
         except KexlabError as exc:
@@ -182,7 +182,7 @@ class Interception:
             self.say(f"server leg failed: {reason}")
             return Verdict(False, f"FAILED: {reason}", kex, client_hc.sas_display)
         if self.options.forge_sas is not None:
-            self.say(await self.options.forge_sas(server_hc.client_random, "client", server_hc.sas))
+            self.say(await self.options.forge_sas(server_hc.client_random, "server", server_hc.sas))
         self.say(f"server leg: {server_hc.summary}, server key {server_hc.server_key_sha256[:16]}…")
         self.say(
             f"SAS the client sees {client_hc.sas_display} | SAS the server sees"

@@ -18,6 +18,7 @@ from .channel import (
     publish_psk,
     unknown_psk_message,
 )
+from .forger import SasForger
 from .payloads import (
     Fingerprint,
     MalformedPayload,
@@ -59,6 +60,7 @@ __all__ = [
     "PskPublication",
     "PskTable",
     "SasComparison",
+    "SasForger",
     "ServerChannel",
     "describe_match",
     "exchange_sas",

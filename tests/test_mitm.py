@@ -319,6 +319,44 @@ async def test_sas_compared_over_an_honest_broker_catches_the_attacker(
     assert not any("verified" in line for line in srv.lines)
 
 
+@pytest.mark.parametrize("kex", ["dhe", "rsa"])
+async def test_sas_over_an_open_broker_the_attacker_answers_is_never_called_verified(
+    open_broker: Mosquitto, kex: str
+) -> None:
+    """The attacker publishes each leg's SAS as the other side: both ends see a match, and
+    neither may call it verified without saying, in the same line, who may publish there."""
+    oob = ["--oob", open_broker.url, "--server-id", SID]
+    srv = await asyncio.to_thread(ServerProcess, *oob, "--verify-sas", "mqtt")
+    try:
+        mitm = await asyncio.to_thread(MitmProcess, "--upstream", srv.address, *oob, "--forge-sas")
+        try:
+            mitm.wait_for("forging SAS answers")
+            code, out, err = await asyncio.to_thread(
+                client, mitm.address, "--kex", kex, "--trust", "none", *oob,
+                "--verify-sas", "mqtt", "--send", "wire 5000 to mallory",
+            )  # fmt: skip
+            verdict = await asyncio.to_thread(mitm.wait_verdict)
+            matched = srv.wait_for(
+                r"SAS (NOT verified|verified|matched) over MQTT|SAS NOT verified"
+            ).string
+        finally:
+            await asyncio.to_thread(mitm.__exit__, None, None, None)
+    finally:
+        await asyncio.to_thread(srv.__exit__, None, None, None)
+    assert code == 0, err
+    assert out.splitlines()[-1] == "echo: wire 5000 to mallory"
+    assert verdict.startswith("WON: read 2 records")
+    assert any('client → server "wire 5000 to mallory"' in line for line in mitm.lines)
+    client_line = next(line for line in out.splitlines() if "SAS" in line and "MQTT" in line)
+    for line in (client_line, matched):  # each end's line about the comparison
+        assert "SAS verified" not in line  # never a bare claim
+        assert "publish" in line  # who may publish there, in the same line
+    assert client_line.startswith("SAS NOT verified")
+    assert "this broker let us publish on the server's topic too" in client_line
+    assert "NOT verified" in matched and "let us publish on the client's topic too" in matched
+    assert sum("published the" in line for line in mitm.lines) == 2  # one answer per leg
+
+
 # --------------------------------------------------------------------------- tampering while relaying
 
 
