@@ -73,7 +73,8 @@ __all__ = [
 
 _START = MAGIC + bytes((VERSION,))
 
-Keylog = Mapping[bytes, Mapping[str, bytes]]
+Keylog = Mapping[bytes, Mapping[str, bytes] | Sequence[Mapping[str, bytes]]]
+"""client_random -> its secrets by label, or several such sets (``load_keylog``)."""
 
 
 # --------------------------------------------------------------------------- frames
@@ -133,14 +134,39 @@ class _Keys:
     secrets: HandshakeSecrets | None = None
 
 
-def _from_keylog(hs: ObservedHandshake, keylog: Keylog | None) -> _Keys | None:
+def _from_keylog(
+    hs: ObservedHandshake, keylog: Keylog | None, client: _Side, server: _Side
+) -> _Keys | None:
+    """The key log's secrets for this session: of several sets, the one that opens it."""
     entry = (keylog or {}).get(hs.ch.random)
     if not entry:
         return None
-    c, s = entry.get(CLIENT_KEY), entry.get(SERVER_KEY)
-    if c is None and s is None:
-        return None
-    return _Keys(c, s, "key log")
+    sets = [entry] if isinstance(entry, Mapping) else list(entry)
+    candidates = [
+        _Keys(e.get(CLIENT_KEY), e.get(SERVER_KEY), "key log")
+        for e in sets
+        if e.get(CLIENT_KEY) is not None or e.get(SERVER_KEY) is not None
+    ]
+    if len(candidates) > 1 and hs.suite is not None:
+        # The same client_random on two connections (a man in the middle's two legs):
+        # the right set is the one whose keys authenticate this session's first record.
+        suite = hs.suite
+        for keys in candidates:
+            if _opens(keys.client, suite, client) or _opens(keys.server, suite, server):
+                return keys
+    return candidates[0] if candidates else None
+
+
+def _opens(secret: bytes | None, suite: CipherSuite, side: _Side) -> bool:
+    """``secret`` opens the first record ``side`` sent."""
+    first = next((f.frame for f in side.frames if f.frame.type is FrameType.RECORD), None)
+    if secret is None or first is None:
+        return False
+    try:
+        RecordReceiver(KeySchedule(SUITES[suite]), secret).open(first.payload)
+    except ProtocolError:
+        return False
+    return True
 
 
 def _from_rsa(hs: ObservedHandshake, key: rsa.RSAPrivateKey) -> tuple[_Keys | None, str]:
@@ -262,13 +288,14 @@ def _no_key_reason(session: Session, method: KexMethod | None) -> str:
 def _find_keys(
     session: Session,
     hs: ObservedHandshake,
+    client: _Side,
     server: _Side,
     keylog: Keylog | None,
     rsa_key: rsa.RSAPrivateKey | None,
     psks: Mapping[str, bytes],
     leaked: Sequence[LeakedPsk],
 ) -> _Keys | None:
-    keys = _from_keylog(hs, keylog)
+    keys = _from_keylog(hs, keylog, client, server)
     if keys is not None:
         return keys
     if hs.sh is None:
@@ -391,7 +418,7 @@ def _session(
     keys, suite = None, None
     if hs is not None and hs.suite is not None:
         suite = hs.suite
-        keys = _find_keys(session, hs, server, keylog, rsa_key, psks, leaked)
+        keys = _find_keys(session, hs, client, server, keylog, rsa_key, psks, leaked)
         failure = _handshake_failure(hs, client, server)
         if failure:
             # Nothing was agreed, so nothing is sealed: say that, not "no key matches".

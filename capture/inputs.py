@@ -19,14 +19,32 @@ class InputError(KexlabError):
     """A key source given by the user cannot be used (unreadable file, bad format)."""
 
 
-def load_keylog(path: str | os.PathLike[str]) -> dict[bytes, dict[str, bytes]]:
-    """Read a §9 key log file; a file without a single key log line is an error."""
+def load_keylog(path: str | os.PathLike[str]) -> dict[bytes, list[dict[str, bytes]]]:
+    """Read a §9 key log file: per client_random, every set of secrets logged for it.
+
+    One client_random usually has one set. A man in the middle's two legs share it (the
+    attacker copies the client's random) and an endpoint of each leg logs its own secrets:
+    both sets are kept, in file order, and the decryptor uses the one that opens the
+    records. A file without a single key log line is an error.
+    """
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            entries = parse_keylog(fh.read())
+            text = fh.read()
     except OSError as exc:
         raise InputError(f"cannot read key log {os.fspath(path)}: {exc.strerror or exc}") from None
-    entries = {cr: e for cr, e in entries.items() if CLIENT_KEY in e or SERVER_KEY in e}
+    entries: dict[bytes, list[dict[str, bytes]]] = {}
+    for line in text.splitlines():
+        for client_random, labels in parse_keylog(line).items():  # one line, one secret
+            sets = entries.setdefault(client_random, [])
+            for label, secret in labels.items():
+                if not sets or label in sets[-1]:
+                    sets.append({})  # this label again: the secrets of another connection
+                sets[-1][label] = secret
+    entries = {
+        cr: kept
+        for cr, sets in entries.items()
+        if (kept := [e for e in sets if CLIENT_KEY in e or SERVER_KEY in e])
+    }
     if not entries:
         raise InputError(f"{os.fspath(path)} holds no key log lines ({CLIENT_KEY} ...)")
     return entries

@@ -491,11 +491,16 @@ def test_the_summary_table_counts_every_verdict() -> None:
 
 
 def test_both_legs_in_one_capture_each_opened_by_its_own_key(home: Path, tmp_path: Path) -> None:
-    """--pcap records both legs: the dissector names two handshakes with one client_random,
-    and each leg opens with the RSA key of the side that held it (the attacker's, the server's)."""
+    """--pcap records both legs: the dissector names two handshakes with one client_random;
+    each leg opens with the RSA key of the side that held it (the attacker's, the server's),
+    and one key log holding both endpoints' lines opens both (same client_random, two sets)."""
     capture = tmp_path / "mitm.pcap"
-    with server() as srv, attacker(srv, "--pcap", str(capture)) as mitm:
-        code, _, err = client(mitm.address, "--kex", "rsa", "--trust", "none", "--send", "pin 0451")
+    client_log, server_log = tmp_path / "client.keys", tmp_path / "server.keys"
+    with server("--keylog", str(server_log)) as srv, attacker(srv, "--pcap", str(capture)) as mitm:
+        code, _, err = client(
+            mitm.address, "--kex", "rsa", "--trust", "none", "--keylog", str(client_log),
+            "--send", "pin 0451",
+        )  # fmt: skip
         mitm.wait_verdict()
     assert code == 0, err
     rows = tshark_fields(capture, ["tcp.stream", "kxp.type", "kxp.hello.random"], tmp_path / "ws")
@@ -503,12 +508,15 @@ def test_both_legs_in_one_capture_each_opened_by_its_own_key(home: Path, tmp_pat
     assert len({r[0] for r in hellos}) == 2, rows  # two TCP connections, a CLIENT_HELLO each
     assert len({r[2] for r in hellos}) == 1  # with the same random: the attacker copied it
     opened = {}
-    for name, key in (
-        ("attacker", home / "mitm" / "server-rsa.pem"),
-        ("server", home / "server-rsa.pem"),
+    both = tmp_path / "both.keys"
+    both.write_text(client_log.read_text() + server_log.read_text())
+    for name, args in (
+        ("attacker", ["--rsa-key", str(home / "mitm" / "server-rsa.pem")]),
+        ("server", ["--rsa-key", str(home / "server-rsa.pem")]),
+        ("both key logs", ["--keylog", str(both)]),
     ):
         done = subprocess.run(
-            [KEXLAB, "decrypt", str(capture), "--rsa-key", str(key), "--json"],
+            [KEXLAB, "decrypt", str(capture), *args, "--json"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -519,3 +527,4 @@ def test_both_legs_in_one_capture_each_opened_by_its_own_key(home: Path, tmp_pat
             r["plaintext"] == "pin 0451" for s in sessions if s["decrypted"] for r in s["records"]
         )
     assert opened["attacker"] == [not x for x in opened["server"]]  # one leg each
+    assert opened["both key logs"] == [True, True]
