@@ -183,15 +183,23 @@ class Interception:
             return Verdict(False, f"FAILED: {reason}", kex, client_hc.sas_display)
         if self.options.forge_sas is not None:
             self.say(await self.options.forge_sas(server_hc.client_random, "server", server_hc.sas))
-        self.say(f"server leg: {server_hc.summary}, server key {server_hc.server_key_sha256[:16]}…")
+        who = (
+            f"server key {server_hc.server_key_sha256[:16]}…"
+            if server_hc.server_key_sha256
+            else f"psk identity {server_hc.psk_identity}"
+        )
+        self.say(f"server leg: {server_hc.summary}, {who}")
         self.say(
             f"SAS the client sees {client_hc.sas_display} | SAS the server sees"
             f" {server_hc.sas_display}: they differ, read them aloud to catch us"
         )
-        ended = await self._relay()
-        line = f"WON: read {self.records} records, rewrote {self.rewritten}"
-        if ended:
-            line += f" ({ended})"
+        ended, clean = await self._relay()
+        if not clean and self.records == 0:
+            # Both keys were ours, but an end refused to go on before a record crossed
+            # (a SAS compared over an honest channel): caught.
+            line = f"FAILED: caught before a record crossed ({ended})"
+            return Verdict(False, line, kex, client_hc.sas_display, server_hc.sas_display)
+        line = f"WON: read {self.records} records, rewrote {self.rewritten} ({ended})"
         return Verdict(
             True,
             line,
@@ -265,8 +273,8 @@ class Interception:
 
     # ------------------------------------------------------------------ records
 
-    async def _relay(self) -> str:
-        """Relay records both ways until both legs are closed; returns how it ended.
+    async def _relay(self) -> tuple[str, bool]:
+        """Relay records both ways until both legs are closed: how it ended, and if cleanly.
 
         Each leg is read by one task only; when one end closes (or fails), the other leg
         is sent close_notify and its task ends when that end answers (or the wait runs out).
@@ -284,7 +292,7 @@ class Interception:
         await asyncio.gather(*pumps, return_exceptions=True)
         return ended
 
-    async def _pump(self, src: KxpStream, dst: KxpStream, who: str) -> str:
+    async def _pump(self, src: KxpStream, dst: KxpStream, who: str) -> tuple[str, bool]:
         """Read ``who``'s records from ``src``, show them, change them, send them on ``dst``."""
         arrow = "client → server" if who == "client" else "server → client"
         try:
@@ -300,9 +308,9 @@ class Interception:
                     await dst.send(changed)
         except KexlabError as exc:
             dst.send_close()
-            return f"{who} leg ended: {describe_error(exc, who)}"
+            return f"{who} leg ended: {describe_error(exc, who)}", False
         dst.send_close()
-        return f"the {who} closed (close_notify)"
+        return f"the {who} closed (close_notify)", True
 
     def _rewrite(self, record: bytes) -> bytes:
         for old, new in self.options.rewrites:
