@@ -139,7 +139,7 @@ def _from_keylog(
 ) -> _Keys | None:
     """The key log's secrets for this session: of several sets, the one that opens it."""
     entry = (keylog or {}).get(hs.ch.random)
-    if not entry:
+    if not entry or hs.suite is None:
         return None
     sets = [entry] if isinstance(entry, Mapping) else list(entry)
     candidates = [
@@ -147,14 +147,12 @@ def _from_keylog(
         for e in sets
         if e.get(CLIENT_KEY) is not None or e.get(SERVER_KEY) is not None
     ]
-    if len(candidates) > 1 and hs.suite is not None:
-        # The same client_random on two connections (a man in the middle's two legs):
-        # the right set is the one whose keys authenticate this session's first record.
-        suite = hs.suite
-        for keys in candidates:
-            if _opens(keys.client, suite, client) or _opens(keys.server, suite, server):
-                return keys
-    return candidates[0] if candidates else None
+    # The same client_random on two connections (a man in the middle copies the client's
+    # onto its own connection to the server): the right set opens this session's records.
+    for keys in candidates:
+        if _opens(keys.client, hs.suite, client) or _opens(keys.server, hs.suite, server):
+            return keys
+    return candidates[0] if candidates else None  # _judge says that they do not open it
 
 
 def _opens(secret: bytes | None, suite: CipherSuite, side: _Side) -> bool:
@@ -477,6 +475,12 @@ def _judge(session: Session, keys: _Keys) -> None:
     session.decrypted = bool(opened) or not failed
     if not session.decrypted:
         session.reason = f"the keys from the {keys.method} do not open this session's records"
+        if keys.method == "key log":
+            session.reason += (
+                " (secrets logged for another connection with the same client_random, such as"
+                " the other leg of a man in the middle, who copies the client's random, look"
+                " like this too)"
+            )
     elif sealed:
         missing = "client" if keys.client is None else "server"
         session.reason = f"the key log has no traffic secret for the {missing}'s records"
