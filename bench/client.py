@@ -139,13 +139,6 @@ class Client:
         """A coroutine function that opens one connection for ``job`` (handshake done)."""
         impl, port = job["impl"], int(job["port"])
         pairing = PAIRING_BY_NAME[job["pairing"]]
-        if impl == "kexlab-stream":
-            config = self.kexlab_config(pairing)
-
-            async def open_stream() -> Peer:
-                return await kxp.stream_connect(HOST, port, ClientConnection(config))
-
-            return open_stream
         if impl == "kexlab":
             config = self.kexlab_config(pairing)
 

@@ -93,11 +93,7 @@ def handshake_table(result: Result) -> Table:
     return table
 
 
-STREAM_LABEL = "kexlab (KxpStream)"
-CAPTION = (
-    "kexlab: the core over the bench's pump (bench/kxp.py), which the targets use; "
-    f"{STREAM_LABEL}: transport.KxpStream, the pump of `kexlab server` and `kexlab client`"
-)
+CAPTION = "kexlab: transport.KxpStream, the pump `kexlab server` and `kexlab client` run"
 
 
 def bulk_table(result: Result) -> Table:
@@ -114,15 +110,6 @@ def bulk_table(result: Result) -> Table:
             _ratio(row["kexlab_vs_tls"], 1.0),
             _ratio(row["kexlab_vs_tcp"], 0.8 if row["size"] == 65536 else None),
         )
-        if row.get("kexlab_stream") is not None:
-            table.add_row(
-                Text(f"{row['label']}, {STREAM_LABEL}", style="dim"),
-                _num(row["kexlab_stream"]),
-                "",
-                "",
-                _ratio(row["kexlab_stream_vs_tls"]),
-                _ratio(row["kexlab_stream_vs_tcp"]),
-            )
     table.caption = CAPTION
     return table
 
@@ -141,15 +128,6 @@ def other_table(result: Result) -> Table:
             _num(ping["tcp"]),
             _ratio(ping["kexlab_vs_tls"], 1.0),
         )
-        if ping.get("kexlab_stream") is not None:
-            table.add_row(
-                Text(f"  {STREAM_LABEL}", style="dim"),
-                _num(ping["kexlab_stream"]),
-                "",
-                "",
-                _ratio(ping["kexlab_stream_vs_tls"]),
-            )
-            table.caption = CAPTION
     memory = result.get("memory")
     if memory is not None:
         table.add_row(

@@ -29,8 +29,6 @@ from .scenarios import (
     DATA_PAIRING,
     MALLOC_ENV,
     PAIRING_BY_NAME,
-    STREAM_BULK_SIZES,
-    STREAM_IMPL,
 )
 from .summary import summarise
 
@@ -254,8 +252,7 @@ def _handshakes(s: Session, name: str) -> Result:
 
 def _bulk(s: Session, size_name: str) -> Result:
     size = BULK_SIZES[size_name]
-    impls = ("kexlab", "tls", "tcp", *((STREAM_IMPL,) if size in STREAM_BULK_SIZES else ()))
-    runs: dict[str, list[Result]] = {impl: [] for impl in impls}
+    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp")}
     for _ in range(s.plan.repeats):
         for impl in runs:
             job = {
@@ -270,19 +267,14 @@ def _bulk(s: Session, size_name: str) -> Result:
             runs[impl].append(s.ask(job))
     out: Result = {"size": size, "cpu_us_per_message": {}}
     for impl, impl_runs in runs.items():
-        out[_key(impl)] = round(_best(impl_runs, "mb_s")["mb_s"], 2)
+        out[impl] = round(_best(impl_runs, "mb_s")["mb_s"], 2)
         out["cpu_us_per_message"][impl] = _cpu(impl_runs)
-        s.progress(f"bulk {size_name}: {impl} {out[_key(impl)]:,.0f} MB/s")
+        s.progress(f"bulk {size_name}: {impl} {out[impl]:,.0f} MB/s")
     return out
 
 
-def _key(impl: str) -> str:
-    """The result key of an implementation (``kexlab-stream`` -> ``kexlab_stream``)."""
-    return impl.replace("-", "_")
-
-
 def _pingpong(s: Session) -> Result:
-    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp", STREAM_IMPL)}
+    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp")}
     for _ in range(s.plan.repeats):
         for impl in runs:
             job = {
@@ -296,9 +288,9 @@ def _pingpong(s: Session) -> Result:
             runs[impl].append(s.ask(job))
     out: Result = {"cpu_us_per_round_trip": {}}
     for impl, impl_runs in runs.items():
-        out[_key(impl)] = round(_best(impl_runs, "rate")["rate"], 1)
+        out[impl] = round(_best(impl_runs, "rate")["rate"], 1)
         out["cpu_us_per_round_trip"][impl] = _cpu(impl_runs)
-        s.progress(f"ping-pong: {impl} {out[_key(impl)]:,.0f} round trips/s")
+        s.progress(f"ping-pong: {impl} {out[impl]:,.0f} round trips/s")
     return out
 
 

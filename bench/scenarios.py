@@ -101,10 +101,6 @@ BULK_SIZES: dict[str, int] = {
     "64k": 64 * 1024,
     "1m": 1024 * 1024,
 }
-STREAM_IMPL = "kexlab-stream"
-"""kexlab through ``transport.KxpStream`` (what ``kexlab server``/``client`` run): extra rows."""
-STREAM_BULK_SIZES = (16 * 1024, 64 * 1024)
-"""Bulk sizes that also get a KxpStream row (ping-pong always does); targets use ``bench/kxp.py``."""
 DATA_PAIRING = "dhe"
 """Bulk, ping-pong and idle connections run over this pairing (x25519 + Ed25519, AES-256-GCM)."""
 

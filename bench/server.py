@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocol import ServerConfig
+from protocol import ServerConfig, ServerConnection
+from transport import start_server
 
 from . import kxp, tls
 from .keys import load_psk, load_server_key
@@ -46,11 +47,9 @@ async def _listen(impl: str, directory: Path) -> tuple[list[asyncio.Server], dic
         ports[name] = server.sockets[0].getsockname()[1]
 
     if impl == "kexlab":
-        handler = functools.partial(kxp.serve, kexlab_config(directory))
-        await add("kexlab", await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG))
-    elif impl == "kexlab-stream":
-        handler = functools.partial(kxp.stream_serve, kexlab_config(directory))
-        await add("kexlab", await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG))
+        config = kexlab_config(directory)
+        make = functools.partial(ServerConnection, config)
+        await add("kexlab", await start_server(kxp.serve, HOST, 0, make, backlog=BACKLOG))
     elif impl == "tcp":
         await add("tcp", await asyncio.start_server(tls.serve, HOST, 0, backlog=BACKLOG))
     else:
@@ -76,7 +75,7 @@ async def run(impl: str, directory: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the server process."""
     parser = argparse.ArgumentParser(prog="python -m bench.server")
-    parser.add_argument("--impl", choices=("kexlab", "kexlab-stream", "tls", "tcp"), required=True)
+    parser.add_argument("--impl", choices=("kexlab", "tls", "tcp"), required=True)
     parser.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
     raise_fd_limit(IDLE_CONNECTIONS * 2 + 256)

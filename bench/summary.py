@@ -62,9 +62,6 @@ def summarise(results: Result, plan: Plan, wall: float) -> Result:
         row["label"] = size_label(row["size"])
         row["kexlab_vs_tls"] = ratio(row["kexlab"], row["tls"])
         row["kexlab_vs_tcp"] = ratio(row["kexlab"], row["tcp"])
-        if "kexlab_stream" in row:
-            row["kexlab_stream_vs_tls"] = ratio(row["kexlab_stream"], row["tls"])
-            row["kexlab_stream_vs_tcp"] = ratio(row["kexlab_stream"], row["tcp"])
         targets.append(
             _target(f"bulk {row['label']}: kexlab/TLS", row["kexlab_vs_tls"], BULK_TLS_TARGET)
         )
@@ -76,8 +73,6 @@ def summarise(results: Result, plan: Plan, wall: float) -> Result:
     if ping is not None:
         ping["kexlab_vs_tls"] = ratio(ping["kexlab"], ping["tls"])
         ping["kexlab_vs_tcp"] = ratio(ping["kexlab"], ping["tcp"])
-        if "kexlab_stream" in ping:
-            ping["kexlab_stream_vs_tls"] = ratio(ping["kexlab_stream"], ping["tls"])
         targets.append(_target("ping-pong: kexlab/TLS", ping["kexlab_vs_tls"], PINGPONG_TARGET))
     memory = results["memory"]
     if memory is not None:

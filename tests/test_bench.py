@@ -197,8 +197,6 @@ def test_quick_subset_smoke(tmp_path: Path) -> None:
     assert "MALLOC_TRIM_THRESHOLD_=" in text
     rows = [line for line in text.splitlines() if line.startswith("│ 16 KiB ")]
     assert len(rows) == 1 and rows[0].count("×") == 2, text
-    stream_rows = [line for line in text.splitlines() if "16 KiB, kexlab (KxpStream)" in line]
-    assert len(stream_rows) == 1 and stream_rows[0].count("×") == 2, text
     assert "Round trips and memory" not in text  # not selected
 
     data = json.loads(out.read_text())
@@ -224,9 +222,9 @@ def test_quick_subset_smoke(tmp_path: Path) -> None:
         assert isinstance(hs[mode]["ratio"], float)
     (bulk,) = data["bulk"]
     assert bulk["size"] == 16384 and bulk["label"] == "16 KiB"
-    for key in ("kexlab", "tls", "tcp", "kexlab_vs_tls", "kexlab_vs_tcp", "kexlab_stream"):
+    for key in ("kexlab", "tls", "tcp", "kexlab_vs_tls", "kexlab_vs_tcp"):
         assert isinstance(bulk[key], float) and bulk[key] > 0
-    assert set(bulk["cpu_us_per_message"]) == {"kexlab", "tls", "tcp", "kexlab-stream"}
+    assert set(bulk["cpu_us_per_message"]) == {"kexlab", "tls", "tcp"}
     assert [t["target"] for t in data["targets"]] == [
         "handshakes/s, dhe sequential: kexlab/TLS",
         "handshakes/s, dhe concurrent: kexlab/TLS",
