@@ -75,6 +75,8 @@ DEFAULT_CLOSE_WAIT = 2.0
 FAIR_BURST = 32
 """Events handed out before the reading task lets others run (see ``next_event``)."""
 _OVER = (State.CLOSED, State.ERROR)
+_MORE = object()
+"""``_take``: no complete frame is in; wait for the socket."""
 
 
 class KxpStream(asyncio.Protocol):
@@ -251,61 +253,64 @@ class KxpStream(asyncio.Protocol):
         Raises the ``ProtocolError`` that ended the connection (its alert already sent),
         or ``ConnectionLost`` when the socket fails.
         """
-        conn = self.conn
         while True:
-            if self._burst >= FAIR_BURST:
-                # Buffered frames and writes under the high-water mark never suspend, so a
-                # peer pipelining tiny records (or key_updates) would otherwise hold the
-                # event loop for a whole read. Yielding before taking an event loses none.
-                self._burst = 0
-                await asyncio.sleep(0)
-            if self._answered:
-                await self._answers_sent()
-            try:
-                event = conn.next_event()
-            except ProtocolError:
-                self._write(conn.data_to_send())  # the alert
-                self._close_socket()
-                raise
-            answer = conn.data_to_send()
-            if answer:
-                self._write(answer)
-                self._answered = self._write_paused
-            if event is not None:
-                self._burst += 1
-                if type(event) is not DataReceived:
-                    self._note(event)
-                if self.on_event is not None:
-                    self.on_event(event)
-                return event
-            if conn.state in _OVER:
-                self._close_socket()
-                return None
-            # Every complete frame is out: the core holds at most a partial one.
-            self._unread = 0
-            if self._read_paused and not self._lost:
-                self._read_paused = False
-                self.transport.resume_reading()  # type: ignore[union-attr]
-            if self._lost_error is not None:
-                err, self._lost_error = self._lost_error, None
-                conn.receive_eof()  # later calls end the connection instead of waiting
-                raise err
-            self._write_pending()  # a request leaves before we wait for its answer
-            self._burst = 0
-            await self._wait()
-
-    async def _wait(self) -> None:
-        """Until bytes, EOF, a lost socket or a deadline arrive."""
-        if self._deadline:
-            raise TimeoutError
-        waiter = self._loop.create_future()
-        self._waiter = waiter
-        try:
+            if self._burst >= FAIR_BURST or self._answered:
+                await self._let_others_run()
+            event = self._take()
+            if event is not _MORE:
+                return event  # type: ignore[return-value]
+            waiter = self._waiter = self._loop.create_future()
             await waiter
-        finally:
-            self._waiter = None
+
+    def _take(self) -> Event | None | object:
+        """One event from the core; None once the connection is over; _MORE: wait for bytes."""
+        conn = self.conn
+        try:
+            event = conn.next_event()
+        except ProtocolError:
+            self._write(conn.data_to_send())  # the alert
+            self._close_socket()
+            raise
+        # The core may have answered (a handshake flight, close_notify, a requested
+        # key_update): it leaves now, ahead of anything the program sends next.
+        answer = conn.data_to_send()
+        if answer:
+            self._write(answer)
+            self._answered = self._write_paused
+        if event is not None:
+            self._burst += 1
+            if type(event) is not DataReceived:
+                self._note(event)
+            if self.on_event is not None:
+                self.on_event(event)
+            return event
+        if conn.state in _OVER:
+            self._close_socket()
+            return None
+        # Every complete frame is out: the core holds at most a partial one.
+        self._unread = 0
+        if self._read_paused and not self._lost:
+            self._read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._lost_error is not None:
+            err, self._lost_error = self._lost_error, None
+            conn.receive_eof()  # later calls end the connection instead of waiting
+            raise err
         if self._deadline:
             raise TimeoutError
+        self._write_pending()  # a request leaves before we wait for its answer
+        self._burst = 0
+        return _MORE
+
+    async def _let_others_run(self) -> None:
+        if self._burst >= FAIR_BURST:
+            # Buffered frames and writes under the high-water mark never suspend, so a
+            # peer pipelining tiny records (or key_updates) would otherwise hold the
+            # event loop for a whole read. Yielding before taking an event loses none.
+            self._burst = 0
+            await asyncio.sleep(0)
+        if self._answered:
+            await self._answers_sent()
 
     async def _answers_sent(self) -> None:
         """Take no event while our answers wait in a buffer over its high-water mark."""
@@ -410,13 +415,18 @@ class KxpStream(asyncio.Protocol):
 
     async def recv(self) -> bytes | None:
         """The next application_data record; None after a clean close (close_notify both ways)."""
-        while True:
-            event = await self.next_event()
+        while True:  # next_event, inlined: one coroutine per record fewer
+            if self._burst >= FAIR_BURST or self._answered:
+                await self._let_others_run()
+            event = self._take()
             if type(event) is DataReceived:
                 return event.data
-            if event is None:
+            if event is _MORE:
+                waiter = self._waiter = self._loop.create_future()
+                await waiter
+            elif event is None:
                 return None
-            if isinstance(event, ConnectionClosed):
+            elif isinstance(event, ConnectionClosed):
                 if event.clean:
                     return None
                 raise self._ended(event)
@@ -527,11 +537,12 @@ class KxpStream(asyncio.Protocol):
     async def wait_closed(self, timeout: float = DEFAULT_CLOSE_WAIT) -> None:
         """Close the socket and wait up to ``timeout`` s for queued bytes to go, then drop it."""
         self._close_socket()
-        if self._lost or self.transport is None:
-            return
+        transport = self.transport
+        if self._lost or transport is None or not transport.get_write_buffer_size():
+            return  # nothing queued: the socket closes in this turn of the loop
         gone = self._loop.create_future()
         self._gone.append(gone)
-        timer = self._loop.call_later(timeout, self.transport.abort)
+        timer = self._loop.call_later(timeout, transport.abort)
         try:
             await gone
         finally:
