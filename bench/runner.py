@@ -26,6 +26,8 @@ from .kxp import BenchError
 from .plan import Plan
 from .scenarios import (
     BULK_SIZES,
+    CROWD_CLIENTS,
+    CROWD_MESSAGES,
     DATA_PAIRING,
     MALLOC_ENV,
     PAIRING_BY_NAME,
@@ -151,6 +153,7 @@ class Session:
     env: dict[str, str]
     plan: Plan
     progress: Progress
+    loop: str = "asyncio"
     servers: dict[str, Child] = field(default_factory=dict)
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
     client: Child | None = None
@@ -158,8 +161,8 @@ class Session:
     def start_server(self, impl: str) -> Child:
         """A fresh server process for ``impl``; its ports are remembered."""
         child = Child(
-            f"{impl} server",
-            ["bench.server", "--impl", impl, "--dir", str(self.workdir)],
+            f"{impl} server ({self.loop})",
+            ["bench.server", "--impl", impl, "--dir", str(self.workdir), "--loop", self.loop],
             self.env,
             self.workdir,
         )
@@ -180,8 +183,8 @@ class Session:
     def ask(self, job: Result) -> Result:
         """Run one job on the client process; measured jobs get the CPU both peers spent per op."""
         if self.client is None:
-            args = ["bench.client", "--dir", str(self.workdir)]
-            self.client = Child("client", args, self.env, self.workdir)
+            args = ["bench.client", "--dir", str(self.workdir), "--loop", self.loop]
+            self.client = Child(f"client ({self.loop})", args, self.env, self.workdir)
             self.client.read(START_TIMEOUT)
         timeout = 60.0 + 10 * (float(job.get("duration", 0)) + float(job.get("warmup", 0)))
         server = self.servers.get(job.get("impl", ""))
@@ -320,25 +323,78 @@ def _memory(s: Session) -> Result:
     return out
 
 
+def _crowd(s: Session) -> Result:
+    """1,000 clients at once, each a handshake and 100 echoes: every one must complete, in order."""
+    out: Result = {"clients": CROWD_CLIENTS, "messages": CROWD_MESSAGES}
+    for impl in ("kexlab", "tls"):
+        job = {
+            "job": "crowd",
+            "impl": impl,
+            "port": s.port(impl, DATA_PAIRING),
+            "pairing": DATA_PAIRING,
+            "clients": CROWD_CLIENTS,
+            "messages": CROWD_MESSAGES,
+        }
+        r = s.ask(job)
+        out[impl] = {
+            k: r[k] for k in ("clients", "completed", "lost", "reordered", "errors", "elapsed")
+        } | {
+            "handshake_p50_ms": _round(r["handshake_p50_ms"]),
+            "handshake_p99_ms": _round(r["handshake_p99_ms"]),
+            **_cpu([r]),
+        }
+        s.progress(
+            f"crowd: {impl} {r['completed']:,}/{r['clients']:,} completed, "
+            f"handshake p50 {out[impl]['handshake_p50_ms']} ms, p99 {out[impl]['handshake_p99_ms']} ms"
+        )
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _measure(session: Session) -> Result:
+    """Every planned measurement on one kind of event loop."""
+    results: Result = {
+        "handshakes": [],
+        "bulk": [],
+        "pingpong": None,
+        "memory": None,
+        "crowd": None,
+    }
+    for item in session.plan.items:
+        kind, _, arg = item.partition("-")
+        if kind == "handshake":
+            results["handshakes"].append(_handshakes(session, arg))
+        elif kind == "bulk":
+            results["bulk"].append(_bulk(session, arg))
+        elif kind == "pingpong":
+            results["pingpong"] = _pingpong(session)
+        elif kind == "memory":
+            results["memory"] = _memory(session)
+        elif kind == "crowd":
+            results["crowd"] = _crowd(session)
+    return results
+
+
 def run(plan: Plan, progress: Progress) -> Result:
     """Generate keys, start the peers, run every planned measurement; the full result as a dict."""
     started = time.time()
-    results: Result = {"handshakes": [], "bulk": [], "pingpong": None, "memory": None}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    results: Result = {}
     with tempfile.TemporaryDirectory(prefix="kexlab-bench-") as tmp:
         workdir = Path(tmp)
         keys.generate(workdir)
-        session = Session(workdir, child_env(), plan, progress)
-        try:
-            for item in plan.items:
-                kind, _, arg = item.partition("-")
-                if kind == "handshake":
-                    results["handshakes"].append(_handshakes(session, arg))
-                elif kind == "bulk":
-                    results["bulk"].append(_bulk(session, arg))
-                elif kind == "pingpong":
-                    results["pingpong"] = _pingpong(session)
-                elif kind == "memory":
-                    results["memory"] = _memory(session)
-        finally:
-            session.close()
+        for loop in plan.loops:
+            session = Session(workdir, child_env(), plan, progress, loop)
+            try:
+                measured = _measure(session)
+            finally:
+                session.close()
+            if loop == "asyncio":
+                results.update(measured)
+            else:
+                results[loop] = measured
+    results["load_before"] = [round(x, 2) for x in load] if load else None
     return summarise(results, plan, time.time() - started)

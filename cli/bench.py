@@ -46,21 +46,37 @@ def bench(
         int,
         typer.Option("--connections", min=1, help="Idle connections for the memory figure."),
     ] = scenarios.IDLE_CONNECTIONS,
+    uvloop: Annotated[
+        bool,
+        typer.Option(
+            "--uvloop", help="Measure everything again with uvloop as both sides' event loop."
+        ),
+    ] = False,
 ) -> None:
     """Measure handshakes, throughput, round trips and memory of kexlab, TLS 1.3 and TCP."""
     try:
         items = scenarios.parse_only(only)
     except ValueError as exc:
         fail(str(exc), code=2)
+    if uvloop:
+        try:
+            report.check_uvloop()
+        except report.MissingExtra as exc:
+            fail(str(exc))
     if plot is not None:
         if not any(i.startswith("bulk-") for i in items):
             fail("--plot needs at least one bulk measurement", code=2)
         try:
             report.check_plot()
-        except report.PlotUnavailable as exc:
+        except report.MissingExtra as exc:
             fail(str(exc))
     plan = make_plan(
-        items, quick=quick, duration=duration, repeats=repeats, connections=connections
+        items,
+        quick=quick,
+        duration=duration,
+        repeats=repeats,
+        connections=connections,
+        uvloop=uvloop,
     )
     console = Console()
     if not console.is_terminal:  # a file or a pipe: wide enough for the handshake table

@@ -513,3 +513,29 @@ async def test_a_handler_that_raises_costs_its_connection_only(
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_the_pump_runs_on_uvloop(home: Path) -> None:
+    """The same pump on uvloop (an optional loop the bench measures): handshake, echo of a
+    message larger than a record, a key update both ways, close_notify both ways."""
+    uvloop = pytest.importorskip("uvloop")
+    key = home_key(home)
+
+    async def main() -> list[bytes | None]:
+        async with Server(key, echo) as srv:
+            conn = ClientConnection(ClientConfig(kex=Kex.DHE, trust=lambda i: TrustVerdict(True)))
+            stream = await KxpStream.connect("127.0.0.1", srv.port, conn, timeout=5)
+            await stream.do_handshake(5)
+            await stream.send(b"u" * 70000)
+            got = [await stream.recv(), await stream.recv()]
+            await stream.key_update(request_update=True)
+            await stream.send(b"after")
+            got.append(await stream.recv())
+            await stream.close()
+            await asyncio.wait_for(srv.done.wait(), 5)
+            assert srv.errors == []
+            return got
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        got = runner.run(main())
+    assert got == [b"u" * 65536, b"u" * 4464, b"after"]

@@ -174,8 +174,8 @@ class KxpStream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The socket is connected: remember the peer; a server starts the handler's task."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self.transport = transport  # type: ignore[assignment]
         info = transport.get_extra_info("peername")
         if info:
             host, port = info[0], info[1]
@@ -262,7 +262,7 @@ class KxpStream(asyncio.Protocol):
             waiter = self._waiter = self._loop.create_future()
             await waiter
 
-    def _take(self) -> Event | None | object:
+    def _take(self) -> Event | object | None:
         """One event from the core; None once the connection is over; _MORE: wait for bytes."""
         conn = self.conn
         try:
