@@ -158,21 +158,21 @@ class Session:
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
     client: Child | None = None
 
-    def start_server(self, impl: str) -> Child:
-        """A fresh server process for ``impl``; its ports are remembered."""
+    def start_server(self, impl: str) -> tuple[Child, dict[str, int]]:
+        """A fresh server process for ``impl`` and the ports it listens on."""
         child = Child(
             f"{impl} server ({self.loop})",
             ["bench.server", "--impl", impl, "--dir", str(self.workdir), "--loop", self.loop],
             self.env,
             self.workdir,
         )
-        self.ports[impl] = child.read(START_TIMEOUT)["ports"]
-        return child
+        return child, child.read(START_TIMEOUT)["ports"]
 
     def server(self, impl: str) -> Child:
         """The long-lived server process of ``impl`` (started on first use)."""
         if impl not in self.servers:
-            self.servers[impl] = self.start_server(impl)
+            # The memory figure's fresh servers come and go: only this one's ports are kept.
+            self.servers[impl], self.ports[impl] = self.start_server(impl)
         return self.servers[impl]
 
     def port(self, impl: str, pairing: str) -> int:
@@ -300,9 +300,9 @@ def _pingpong(s: Session) -> Result:
 def _memory(s: Session) -> Result:
     out: Result = {"connections": s.plan.connections}
     for impl in ("kexlab", "tls", "tcp"):
-        server = s.start_server(impl)  # fresh: memory freed by earlier runs would hide growth
+        server, ports = s.start_server(impl)  # fresh: memory freed earlier would hide growth
         try:
-            port = _port(s.ports[impl], impl, DATA_PAIRING)
+            port = _port(ports, impl, DATA_PAIRING)
             base_job = {"impl": impl, "port": port, "pairing": DATA_PAIRING}
             s.ask({**base_job, "job": "open", "connections": WARM_CONNECTIONS})
             s.ask({"job": "release"})

@@ -228,6 +228,29 @@ def test_uvloop_rows_smoke(tmp_path: Path) -> None:
     assert [t["target"] for t in data["targets"]] == ["ping-pong: kexlab/TLS"]  # asyncio's
 
 
+def test_crowd_after_memory_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small crowd after the memory figure (whose fresh servers come and go while the
+    long-lived ones ping-pong used still run): every client completes its handshake and
+    echoes, in order, for kexlab and TLS alike."""
+    monkeypatch.setattr(runner, "CROWD_CLIENTS", 20)
+    monkeypatch.setattr(runner, "CROWD_MESSAGES", 5)
+    out = tmp_path / "bench.json"
+    args = ["--only", "pingpong,memory,crowd", "--connections", "10", "--duration", "0.05"]
+    result = run("--quick", *args, "--json", str(out))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "20 clients at once, each a handshake and 5 echoed 64-byte messages" in result.stdout
+    crowd = json.loads(out.read_text())["crowd"]
+    for impl in ("kexlab", "tls"):
+        cell = crowd[impl]
+        assert (cell["completed"], cell["lost"], cell["reordered"], cell["errors"]) == (
+            20,
+            0,
+            0,
+            {},
+        )
+        assert 0 < cell["handshake_p50_ms"] <= cell["handshake_p99_ms"]
+
+
 def test_quick_subset_smoke(tmp_path: Path) -> None:
     """A real run (separate server and client processes) on two figures: table and JSON shape."""
     out = tmp_path / "bench.json"
