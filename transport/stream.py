@@ -1,6 +1,6 @@
 """Drive one sans-I/O KXP connection over an asyncio transport: the one pump every program runs.
 
-About 450 lines on purpose: one connection's whole life in the order it happens
+About 590 lines on purpose: one connection's whole life in the order it happens
 (socket callbacks, events, sends, close), so that flow control can be checked in one
 sitting; errors and the server helper live in ``errors.py`` and ``server.py``.
 
