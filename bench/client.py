@@ -2,7 +2,7 @@
 
 Reads one JSON job per line on stdin and answers each with one JSON result line:
 ``handshake``, ``bulk``, ``pingpong``, ``open`` / ``release`` (idle connections
-for the memory figure) and ``quit``. Every timing is taken here, with
+for the memory figure), ``crowd`` and ``quit``. Every timing is taken here, with
 ``time.perf_counter``.
 """
 
@@ -30,9 +30,11 @@ from protocol import (
 
 from . import kxp, tls
 from .keys import fingerprint, load_psk
-from .procs import raise_fd_limit, stdin_lines
+from .procs import LOOPS, raise_fd_limit, run, stdin_lines
 from .scenarios import (
     CONCURRENCY,
+    CROWD_CLIENTS,
+    CROWD_MESSAGES,
     HOST,
     IDLE_CONNECTIONS,
     MODE_BULK,
@@ -139,13 +141,6 @@ class Client:
         """A coroutine function that opens one connection for ``job`` (handshake done)."""
         impl, port = job["impl"], int(job["port"])
         pairing = PAIRING_BY_NAME[job["pairing"]]
-        if impl == "kexlab-stream":
-            config = self.kexlab_config(pairing)
-
-            async def open_stream() -> Peer:
-                return await kxp.stream_connect(HOST, port, ClientConnection(config))
-
-            return open_stream
         if impl == "kexlab":
             config = self.kexlab_config(pairing)
 
@@ -288,6 +283,63 @@ class Client:
         await asyncio.gather(*(one() for _ in range(total)))
         return {"opened": len(self.idle)}
 
+    async def crowd(self, job: Job) -> Job:
+        """``clients`` connections at once, each a handshake then ``messages`` echoed messages.
+
+        Each message names its client and its number, so an echo that is lost, reordered or
+        another client's shows; a client whose connection fails counts as not completed.
+        """
+        opener = self.opener(job)
+        clients = int(job.get("clients", CROWD_CLIENTS))
+        messages = int(job.get("messages", CROWD_MESSAGES))
+        latencies: list[float] = []
+        lost = reordered = completed = 0
+        errors: dict[str, int] = {}
+
+        async def one(client: int) -> None:
+            nonlocal lost, reordered, completed
+            start = time.perf_counter()
+            try:
+                peer = await opener()
+            except Exception as exc:  # counted, not raised: the row reports every client
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            latencies.append(time.perf_counter() - start)
+            try:
+                peer.send(MODE_PING)
+                for n in range(messages):
+                    message = b"%06d %06d " % (client, n) + bytes(PING_SIZE - 14)
+                    try:
+                        echo = await asyncio.wait_for(peer.request(message, PING_SIZE), 30)
+                    except TimeoutError:
+                        lost += messages - n
+                        return
+                    if echo != message:
+                        reordered += 1
+                completed += 1
+            except Exception as exc:  # as above
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await peer.close()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(clients)))
+        elapsed = time.perf_counter() - start
+        ms = sorted(x * 1000.0 for x in latencies)
+        return {
+            "ops": clients * (messages + 1),
+            "clients": clients,
+            "messages": messages,
+            "completed": completed,
+            "lost": lost,
+            "reordered": reordered,
+            "errors": errors,
+            "elapsed": elapsed,
+            "handshake_p50_ms": statistics.median(ms) if ms else None,
+            "handshake_p99_ms": ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))] if ms else None,
+        }
+
     async def release(self, job: Job) -> Job:
         """Close every idle connection."""
         peers, self.idle = self.idle, []
@@ -302,6 +354,7 @@ class Client:
             "pingpong": self.pingpong,
             "open": self.open_idle,
             "release": self.release,
+            "crowd": self.crowd,
         }
         stdin = await stdin_lines()
         print(json.dumps({"ready": True}), flush=True)
@@ -320,10 +373,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the client process."""
     parser = argparse.ArgumentParser(prog="python -m bench.client")
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
     args = parser.parse_args(argv)
-    raise_fd_limit(IDLE_CONNECTIONS * 2 + 256)
+    raise_fd_limit(max(IDLE_CONNECTIONS, CROWD_CLIENTS) * 2 + 256)
     try:
-        asyncio.run(Client(args.dir).run())
+        run(Client(args.dir).run(), args.loop)
     except KeyboardInterrupt:  # pragma: no cover - interactive use
         sys.exit(130)
 

@@ -18,6 +18,8 @@ class Plan:
     connections: int = IDLE_CONNECTIONS
     concurrency: int = CONCURRENCY
     quick: bool = False
+    loops: tuple[str, ...] = ("asyncio",)
+    """Event loops to measure on, each on both sides of every ratio: asyncio, then uvloop."""
 
 
 def make_plan(
@@ -28,6 +30,7 @@ def make_plan(
     repeats: int | None = None,
     connections: int = IDLE_CONNECTIONS,
     concurrency: int = CONCURRENCY,
+    uvloop: bool = False,
 ) -> Plan:
     """Quick: one 0.4 s run per figure (well under a minute); full: best of three 1.5 s runs."""
     base = 0.4 if quick else 1.5
@@ -40,4 +43,5 @@ def make_plan(
         connections=connections,
         concurrency=concurrency,
         quick=quick,
+        loops=("asyncio", "uvloop") if uvloop else ("asyncio",),
     )

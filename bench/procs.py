@@ -1,10 +1,25 @@
-"""What both bench programs share: stdin as an asyncio stream, file-descriptor limits."""
+"""What both bench programs share: the event loop, stdin as an asyncio stream, fd limits."""
 
 from __future__ import annotations
 
 import asyncio
 import resource
 import sys
+from collections.abc import Coroutine
+from typing import Any
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def run(main: Coroutine[Any, Any, None], loop: str) -> None:
+    """Run ``main`` on a new event loop of the kind named (uvloop must be installed)."""
+    if loop == "uvloop":
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)
 
 
 def raise_fd_limit(wanted: int) -> None:

@@ -13,14 +13,16 @@ from rich.text import Text
 from protocol import KexlabError
 
 from .scenarios import PAIRING_BY_NAME
+from .summary import BULK_TCP_TARGET, BULK_TLS_TARGET, PINGPONG_TARGET
 
 Result = dict[str, Any]
 
 PLOT_HINT = "--plot needs matplotlib: pip install 'kexlab[plot]'"
+UVLOOP_HINT = "--uvloop needs uvloop: pip install 'kexlab[uvloop]'"
 
 
-class PlotUnavailable(KexlabError):
-    """matplotlib is not installed."""
+class MissingExtra(KexlabError):
+    """An optional package the command asked for (matplotlib, uvloop) is not installed."""
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -43,10 +45,10 @@ def _cpu(cell: Result) -> float | None:
     return None if client is None or server is None else client + server
 
 
-def handshake_table(result: Result) -> Table:
+def handshake_table(result: Result, loop: str = "") -> Table:
     """One row per peer of each pairing: rates, latency, and kexlab/TLS."""
     conc = result["run"]["concurrency"]
-    table = Table(title="Handshakes (connect, handshake, close)", title_justify="left")
+    table = Table(title=f"Handshakes (connect, handshake, close){loop}", title_justify="left")
     table.add_column("pairing")
     table.add_column("peer")
     table.add_column("configuration")
@@ -58,7 +60,7 @@ def handshake_table(result: Result) -> Table:
     table.add_column("×TLS seq", justify="right")
     table.add_column(f"×TLS {conc}", justify="right")
     for row in result["handshakes"]:
-        goal = 2.0 if PAIRING_BY_NAME[row["pairing"]].target else None
+        goal = PAIRING_BY_NAME[row["pairing"]].target
         seq, con = row["sequential"], row["concurrent"]
         table.add_row(
             row["pairing"],
@@ -93,16 +95,12 @@ def handshake_table(result: Result) -> Table:
     return table
 
 
-STREAM_LABEL = "kexlab (KxpStream)"
-CAPTION = (
-    "kexlab: the core over the bench's pump (bench/kxp.py), which the targets use; "
-    f"{STREAM_LABEL}: transport.KxpStream, the pump of `kexlab server` and `kexlab client`"
-)
+CAPTION = "kexlab: transport.KxpStream, the pump `kexlab server` and `kexlab client` run"
 
 
-def bulk_table(result: Result) -> Table:
+def bulk_table(result: Result, loop: str = "") -> Table:
     """MB/s per message size for kexlab, TLS and plain TCP, and kexlab's ratios."""
-    table = Table(title="Bulk one-way throughput (MB/s, 10^6 bytes)", title_justify="left")
+    table = Table(title=f"Bulk one-way throughput (MB/s, 10^6 bytes){loop}", title_justify="left")
     for name in ("message", "kexlab", "TLS 1.3", "TCP", "kexlab/TLS", "kexlab/TCP"):
         table.add_column(name, justify="left" if name == "message" else "right")
     for row in result["bulk"]:
@@ -111,25 +109,16 @@ def bulk_table(result: Result) -> Table:
             _num(row["kexlab"]),
             _num(row["tls"]),
             _num(row["tcp"]),
-            _ratio(row["kexlab_vs_tls"], 1.0),
-            _ratio(row["kexlab_vs_tcp"], 0.8 if row["size"] == 65536 else None),
+            _ratio(row["kexlab_vs_tls"], BULK_TLS_TARGET),
+            _ratio(row["kexlab_vs_tcp"], BULK_TCP_TARGET if row["size"] == 65536 else None),
         )
-        if row.get("kexlab_stream") is not None:
-            table.add_row(
-                Text(f"{row['label']}, {STREAM_LABEL}", style="dim"),
-                _num(row["kexlab_stream"]),
-                "",
-                "",
-                _ratio(row["kexlab_stream_vs_tls"]),
-                _ratio(row["kexlab_stream_vs_tcp"]),
-            )
     table.caption = CAPTION
     return table
 
 
-def other_table(result: Result) -> Table:
+def other_table(result: Result, loop: str = "") -> Table:
     """Ping-pong round trips and memory per idle connection."""
-    table = Table(title="Round trips and memory", title_justify="left")
+    table = Table(title=f"Round trips and memory{loop}", title_justify="left")
     for name in ("measure", "kexlab", "TLS 1.3", "TCP", "kexlab/TLS"):
         table.add_column(name, justify="left" if name == "measure" else "right")
     ping = result.get("pingpong")
@@ -139,17 +128,8 @@ def other_table(result: Result) -> Table:
             _num(ping["kexlab"]),
             _num(ping["tls"]),
             _num(ping["tcp"]),
-            _ratio(ping["kexlab_vs_tls"], 1.0),
+            _ratio(ping["kexlab_vs_tls"], PINGPONG_TARGET),
         )
-        if ping.get("kexlab_stream") is not None:
-            table.add_row(
-                Text(f"  {STREAM_LABEL}", style="dim"),
-                _num(ping["kexlab_stream"]),
-                "",
-                "",
-                _ratio(ping["kexlab_stream_vs_tls"]),
-            )
-            table.caption = CAPTION
     memory = result.get("memory")
     if memory is not None:
         table.add_row(
@@ -171,6 +151,37 @@ WHY_NOT_MET = (
 )
 
 
+def crowd_table(result: Result, loop: str = "") -> Table:
+    """The crowd row: every client's handshake and echoes, and the handshake latency."""
+    crowd = result["crowd"]
+    table = Table(
+        title=f"{crowd['clients']:,} clients at once, each a handshake and "
+        f"{crowd['messages']} echoed 64-byte messages{loop}",
+        title_justify="left",
+    )
+    for name in ("peer", "completed", "lost", "reordered", "handshake p50 ms", "p99 ms", "s"):
+        table.add_column(name, justify="left" if name == "peer" else "right")
+    for impl, label in (("kexlab", "kexlab"), ("tls", "TLS 1.3")):
+        cell = crowd.get(impl)
+        if cell is None:
+            continue
+        table.add_row(
+            label,
+            f"{cell['completed']:,}/{cell['clients']:,}",
+            _num(cell["lost"]),
+            _num(cell["reordered"]),
+            _num(cell["handshake_p50_ms"], 1),
+            _num(cell["handshake_p99_ms"], 1),
+            _num(cell["elapsed"], 1),
+        )
+    errors = {
+        k: v for impl in ("kexlab", "tls") for k, v in crowd.get(impl, {}).get("errors", {}).items()
+    }
+    if errors:
+        table.caption = "errors: " + ", ".join(f"{k} x{v}" for k, v in errors.items())
+    return table
+
+
 def target_table(result: Result) -> Table:
     """Each target this run measured, and whether it is met."""
     table = Table(title="Targets", title_justify="left")
@@ -181,7 +192,12 @@ def target_table(result: Result) -> Table:
     for t in result["targets"]:
         unit = "" if t["at_most"] else "×"
         goal = f"{'≤' if t['at_most'] else '≥'} {t['goal']:g}{unit}"
-        value = "—" if t["value"] is None else f"{t['value']:.2f}{unit}"
+        if t["value"] is None:
+            value = "—"
+        elif isinstance(t["value"], int):  # a count (failures)
+            value = f"{t['value']:,}"
+        else:
+            value = f"{t['value']:.2f}{unit}"
         met = (
             Text("—", style="dim")
             if t["met"] is None
@@ -199,27 +215,42 @@ def why_not_met(result: Result) -> Text | None:
 
 
 def conditions(result: Result) -> Text:
-    """The line that says how the figures were taken (malloc settings included)."""
+    """The line that says how the figures were taken (malloc settings and load included)."""
     run, machine = result["run"], result["machine"]
     malloc = " ".join(f"{k}={v}" for k, v in run["malloc_env"].items())
+    load = machine.get("load_before")
+    loops = " and ".join(run.get("loops", ["asyncio"]))
+    uvloop = f", uvloop {machine['uvloop']}" if machine.get("uvloop") else ""
     return Text(
         f"{run['mode']} run, best of {run['repeats']} × {run['duration_s']:g} s per figure, "
-        f"{run['processes']}; Python {machine['python']}, {machine['openssl']}, "
-        f"cryptography {machine['cryptography']}, {machine['cpus']} CPUs; "
-        f"glibc malloc fixed in both peers: {malloc}; {run['wall_s']:g} s in all",
+        f"{run['processes']}, event loop {loops}; Python {machine['python']}, "
+        f"{machine['openssl']}, cryptography {machine['cryptography']}{uvloop}, "
+        f"{machine['cpus']} CPUs"
+        + (
+            f", load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} at the start"
+            if load
+            else ""
+        )
+        + f"; glibc malloc fixed in both peers: {malloc}; {run['wall_s']:g} s in all",
         style="dim",
     )
 
 
 def render(console: Console, result: Result) -> None:
-    """Print every table that has rows, then the conditions line."""
+    """Print every table that has rows (uvloop's after asyncio's), then the conditions line."""
     parts: list[Any] = []
-    if result["handshakes"]:
-        parts.append(handshake_table(result))
-    if result["bulk"]:
-        parts.append(bulk_table(result))
-    if result.get("pingpong") is not None or result.get("memory") is not None:
-        parts.append(other_table(result))
+    views = [(result, "")]
+    if result.get("uvloop") is not None:
+        views.append(({**result, **result["uvloop"]}, " — uvloop on both sides"))
+    for view, loop in views:
+        if view["handshakes"]:
+            parts.append(handshake_table(view, loop))
+        if view["bulk"]:
+            parts.append(bulk_table(view, loop))
+        if view.get("pingpong") is not None or view.get("memory") is not None:
+            parts.append(other_table(view, loop))
+        if view.get("crowd") is not None:
+            parts.append(crowd_table(view, loop))
     if result["targets"]:
         parts.append(target_table(result))
         why = why_not_met(result)
@@ -235,11 +266,19 @@ def write_json(path: Path, result: Result) -> None:
 
 
 def check_plot() -> None:
-    """PlotUnavailable unless matplotlib can be imported."""
+    """MissingExtra unless matplotlib can be imported."""
     try:
         import matplotlib  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
-        raise PlotUnavailable(PLOT_HINT) from None
+        raise MissingExtra(PLOT_HINT) from None
+
+
+def check_uvloop() -> None:
+    """MissingExtra unless uvloop can be imported."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        raise MissingExtra(UVLOOP_HINT) from None
 
 
 def write_plot(path: Path, result: Result) -> None:
@@ -259,6 +298,13 @@ def write_plot(path: Path, result: Result) -> None:
         ("tcp", "plain TCP", "^:"),
     ):
         ax.plot(sizes, [r[key] for r in rows], style, label=label)
+    uv_rows = (result.get("uvloop") or {}).get("bulk") or []
+    if [r["size"] for r in uv_rows] == sizes:
+        for key, label, style in (
+            ("kexlab", "kexlab, uvloop", "o-"),
+            ("tls", "TLS 1.3, uvloop", "s--"),
+        ):
+            ax.plot(sizes, [r[key] for r in uv_rows], style, label=label, alpha=0.5)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")  # 64-byte figures are ~100x below 64 KiB ones
     ax.set_xticks(sizes, [r["label"] for r in rows])

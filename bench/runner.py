@@ -26,11 +26,11 @@ from .kxp import BenchError
 from .plan import Plan
 from .scenarios import (
     BULK_SIZES,
+    CROWD_CLIENTS,
+    CROWD_MESSAGES,
     DATA_PAIRING,
     MALLOC_ENV,
     PAIRING_BY_NAME,
-    STREAM_BULK_SIZES,
-    STREAM_IMPL,
 )
 from .summary import summarise
 
@@ -153,25 +153,26 @@ class Session:
     env: dict[str, str]
     plan: Plan
     progress: Progress
+    loop: str = "asyncio"
     servers: dict[str, Child] = field(default_factory=dict)
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
     client: Child | None = None
 
-    def start_server(self, impl: str) -> Child:
-        """A fresh server process for ``impl``; its ports are remembered."""
+    def start_server(self, impl: str) -> tuple[Child, dict[str, int]]:
+        """A fresh server process for ``impl`` and the ports it listens on."""
         child = Child(
-            f"{impl} server",
-            ["bench.server", "--impl", impl, "--dir", str(self.workdir)],
+            f"{impl} server ({self.loop})",
+            ["bench.server", "--impl", impl, "--dir", str(self.workdir), "--loop", self.loop],
             self.env,
             self.workdir,
         )
-        self.ports[impl] = child.read(START_TIMEOUT)["ports"]
-        return child
+        return child, child.read(START_TIMEOUT)["ports"]
 
     def server(self, impl: str) -> Child:
         """The long-lived server process of ``impl`` (started on first use)."""
         if impl not in self.servers:
-            self.servers[impl] = self.start_server(impl)
+            # The memory figure's fresh servers come and go: only this one's ports are kept.
+            self.servers[impl], self.ports[impl] = self.start_server(impl)
         return self.servers[impl]
 
     def port(self, impl: str, pairing: str) -> int:
@@ -182,8 +183,8 @@ class Session:
     def ask(self, job: Result) -> Result:
         """Run one job on the client process; measured jobs get the CPU both peers spent per op."""
         if self.client is None:
-            args = ["bench.client", "--dir", str(self.workdir)]
-            self.client = Child("client", args, self.env, self.workdir)
+            args = ["bench.client", "--dir", str(self.workdir), "--loop", self.loop]
+            self.client = Child(f"client ({self.loop})", args, self.env, self.workdir)
             self.client.read(START_TIMEOUT)
         timeout = 60.0 + 10 * (float(job.get("duration", 0)) + float(job.get("warmup", 0)))
         server = self.servers.get(job.get("impl", ""))
@@ -254,8 +255,7 @@ def _handshakes(s: Session, name: str) -> Result:
 
 def _bulk(s: Session, size_name: str) -> Result:
     size = BULK_SIZES[size_name]
-    impls = ("kexlab", "tls", "tcp", *((STREAM_IMPL,) if size in STREAM_BULK_SIZES else ()))
-    runs: dict[str, list[Result]] = {impl: [] for impl in impls}
+    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp")}
     for _ in range(s.plan.repeats):
         for impl in runs:
             job = {
@@ -270,19 +270,14 @@ def _bulk(s: Session, size_name: str) -> Result:
             runs[impl].append(s.ask(job))
     out: Result = {"size": size, "cpu_us_per_message": {}}
     for impl, impl_runs in runs.items():
-        out[_key(impl)] = round(_best(impl_runs, "mb_s")["mb_s"], 2)
+        out[impl] = round(_best(impl_runs, "mb_s")["mb_s"], 2)
         out["cpu_us_per_message"][impl] = _cpu(impl_runs)
-        s.progress(f"bulk {size_name}: {impl} {out[_key(impl)]:,.0f} MB/s")
+        s.progress(f"bulk {size_name}: {impl} {out[impl]:,.0f} MB/s")
     return out
 
 
-def _key(impl: str) -> str:
-    """The result key of an implementation (``kexlab-stream`` -> ``kexlab_stream``)."""
-    return impl.replace("-", "_")
-
-
 def _pingpong(s: Session) -> Result:
-    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp", STREAM_IMPL)}
+    runs: dict[str, list[Result]] = {impl: [] for impl in ("kexlab", "tls", "tcp")}
     for _ in range(s.plan.repeats):
         for impl in runs:
             job = {
@@ -296,18 +291,18 @@ def _pingpong(s: Session) -> Result:
             runs[impl].append(s.ask(job))
     out: Result = {"cpu_us_per_round_trip": {}}
     for impl, impl_runs in runs.items():
-        out[_key(impl)] = round(_best(impl_runs, "rate")["rate"], 1)
+        out[impl] = round(_best(impl_runs, "rate")["rate"], 1)
         out["cpu_us_per_round_trip"][impl] = _cpu(impl_runs)
-        s.progress(f"ping-pong: {impl} {out[_key(impl)]:,.0f} round trips/s")
+        s.progress(f"ping-pong: {impl} {out[impl]:,.0f} round trips/s")
     return out
 
 
 def _memory(s: Session) -> Result:
     out: Result = {"connections": s.plan.connections}
     for impl in ("kexlab", "tls", "tcp"):
-        server = s.start_server(impl)  # fresh: memory freed by earlier runs would hide growth
+        server, ports = s.start_server(impl)  # fresh: memory freed earlier would hide growth
         try:
-            port = _port(s.ports[impl], impl, DATA_PAIRING)
+            port = _port(ports, impl, DATA_PAIRING)
             base_job = {"impl": impl, "port": port, "pairing": DATA_PAIRING}
             s.ask({**base_job, "job": "open", "connections": WARM_CONNECTIONS})
             s.ask({"job": "release"})
@@ -328,25 +323,78 @@ def _memory(s: Session) -> Result:
     return out
 
 
+def _crowd(s: Session) -> Result:
+    """1,000 clients at once, each a handshake and 100 echoes: every one must complete, in order."""
+    out: Result = {"clients": CROWD_CLIENTS, "messages": CROWD_MESSAGES}
+    for impl in ("kexlab", "tls"):
+        job = {
+            "job": "crowd",
+            "impl": impl,
+            "port": s.port(impl, DATA_PAIRING),
+            "pairing": DATA_PAIRING,
+            "clients": CROWD_CLIENTS,
+            "messages": CROWD_MESSAGES,
+        }
+        r = s.ask(job)
+        out[impl] = {
+            k: r[k] for k in ("clients", "completed", "lost", "reordered", "errors", "elapsed")
+        } | {
+            "handshake_p50_ms": _round(r["handshake_p50_ms"]),
+            "handshake_p99_ms": _round(r["handshake_p99_ms"]),
+            **_cpu([r]),
+        }
+        s.progress(
+            f"crowd: {impl} {r['completed']:,}/{r['clients']:,} completed, "
+            f"handshake p50 {out[impl]['handshake_p50_ms']} ms, p99 {out[impl]['handshake_p99_ms']} ms"
+        )
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _measure(session: Session) -> Result:
+    """Every planned measurement on one kind of event loop."""
+    results: Result = {
+        "handshakes": [],
+        "bulk": [],
+        "pingpong": None,
+        "memory": None,
+        "crowd": None,
+    }
+    for item in session.plan.items:
+        kind, _, arg = item.partition("-")
+        if kind == "handshake":
+            results["handshakes"].append(_handshakes(session, arg))
+        elif kind == "bulk":
+            results["bulk"].append(_bulk(session, arg))
+        elif kind == "pingpong":
+            results["pingpong"] = _pingpong(session)
+        elif kind == "memory":
+            results["memory"] = _memory(session)
+        elif kind == "crowd":
+            results["crowd"] = _crowd(session)
+    return results
+
+
 def run(plan: Plan, progress: Progress) -> Result:
     """Generate keys, start the peers, run every planned measurement; the full result as a dict."""
     started = time.time()
-    results: Result = {"handshakes": [], "bulk": [], "pingpong": None, "memory": None}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    results: Result = {}
     with tempfile.TemporaryDirectory(prefix="kexlab-bench-") as tmp:
         workdir = Path(tmp)
         keys.generate(workdir)
-        session = Session(workdir, child_env(), plan, progress)
-        try:
-            for item in plan.items:
-                kind, _, arg = item.partition("-")
-                if kind == "handshake":
-                    results["handshakes"].append(_handshakes(session, arg))
-                elif kind == "bulk":
-                    results["bulk"].append(_bulk(session, arg))
-                elif kind == "pingpong":
-                    results["pingpong"] = _pingpong(session)
-                elif kind == "memory":
-                    results["memory"] = _memory(session)
-        finally:
-            session.close()
+        for loop in plan.loops:
+            session = Session(workdir, child_env(), plan, progress, loop)
+            try:
+                measured = _measure(session)
+            finally:
+                session.close()
+            if loop == "asyncio":
+                results.update(measured)
+            else:
+                results[loop] = measured
+    results["load_before"] = [round(x, 2) for x in load] if load else None
     return summarise(results, plan, time.time() - started)

@@ -10,6 +10,9 @@ READ_SIZE = 262144
 """Every peer (kexlab, TLS, TCP) reads at most this many bytes per ``StreamReader.read``."""
 CONCURRENCY = 64
 IDLE_CONNECTIONS = 1000
+CROWD_CLIENTS = 1000
+CROWD_MESSAGES = 100
+"""The crowd row: this many clients at once, each a handshake and this many echoed messages."""
 PING_SIZE = 64
 HOST = "127.0.0.1"
 TLS_HOSTNAME = "localhost"
@@ -43,8 +46,8 @@ class Pairing:
     tls_group: str | None
     """OpenSSL name of the TLS key exchange group, pinned on both sides."""
     tls_label: str
-    target: bool
-    """Whether the issue sets the 2x handshake target for this row."""
+    target: float | None
+    """The issue's goal for kexlab/TLS handshakes/s on this row (None: no goal)."""
 
 
 PAIRINGS: tuple[Pairing, ...] = (
@@ -56,7 +59,7 @@ PAIRINGS: tuple[Pairing, ...] = (
         "rsa",
         "X25519",
         "RSA-2048 cert, x25519",
-        True,
+        2.0,
     ),
     Pairing(
         "dhe",
@@ -66,7 +69,7 @@ PAIRINGS: tuple[Pairing, ...] = (
         "ed25519",
         "X25519",
         "Ed25519 cert, x25519",
-        True,
+        2.0,
     ),
     Pairing(
         "p256",
@@ -76,7 +79,7 @@ PAIRINGS: tuple[Pairing, ...] = (
         "p256",
         "prime256v1",
         "ECDSA P-256 cert, P-256",
-        True,
+        2.0,
     ),
     Pairing(
         "ffdhe",
@@ -86,10 +89,10 @@ PAIRINGS: tuple[Pairing, ...] = (
         "ed25519",
         "ffdhe2048",
         "Ed25519 cert, ffdhe2048",
-        False,
+        1.0,
     ),
     Pairing(
-        "psk", Kex.PSK, Group.NONE, "psk (32-byte key)", None, None, "no PSK in Python's ssl", False
+        "psk", Kex.PSK, Group.NONE, "psk (32-byte key)", None, None, "no PSK in Python's ssl", None
     ),
 )
 PAIRING_BY_NAME = {p.name: p for p in PAIRINGS}
@@ -101,10 +104,6 @@ BULK_SIZES: dict[str, int] = {
     "64k": 64 * 1024,
     "1m": 1024 * 1024,
 }
-STREAM_IMPL = "kexlab-stream"
-"""kexlab through ``transport.KxpStream`` (what ``kexlab server``/``client`` run): extra rows."""
-STREAM_BULK_SIZES = (16 * 1024, 64 * 1024)
-"""Bulk sizes that also get a KxpStream row (ping-pong always does); targets use ``bench/kxp.py``."""
 DATA_PAIRING = "dhe"
 """Bulk, ping-pong and idle connections run over this pairing (x25519 + Ed25519, AES-256-GCM)."""
 
@@ -113,6 +112,7 @@ ALL_ITEMS: tuple[str, ...] = (
     *(f"bulk-{s}" for s in BULK_SIZES),
     "pingpong",
     "memory",
+    "crowd",
 )
 GROUPS = ("handshake", "bulk")
 

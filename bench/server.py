@@ -15,12 +15,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocol import ServerConfig
+from protocol import ServerConfig, ServerConnection
+from transport import start_server
 
 from . import kxp, tls
 from .keys import load_psk, load_server_key
-from .procs import raise_fd_limit, stdin_lines
-from .scenarios import HOST, IDLE_CONNECTIONS, PAIRINGS, PSK_IDENTITY
+from .procs import LOOPS, raise_fd_limit, run, stdin_lines
+from .scenarios import CROWD_CLIENTS, HOST, IDLE_CONNECTIONS, PAIRINGS, PSK_IDENTITY
 
 BACKLOG = 1024
 
@@ -46,11 +47,9 @@ async def _listen(impl: str, directory: Path) -> tuple[list[asyncio.Server], dic
         ports[name] = server.sockets[0].getsockname()[1]
 
     if impl == "kexlab":
-        handler = functools.partial(kxp.serve, kexlab_config(directory))
-        await add("kexlab", await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG))
-    elif impl == "kexlab-stream":
-        handler = functools.partial(kxp.stream_serve, kexlab_config(directory))
-        await add("kexlab", await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG))
+        config = kexlab_config(directory)
+        make = functools.partial(ServerConnection, config)
+        await add("kexlab", await start_server(kxp.serve, HOST, 0, make, backlog=BACKLOG))
     elif impl == "tcp":
         await add("tcp", await asyncio.start_server(tls.serve, HOST, 0, backlog=BACKLOG))
     else:
@@ -63,7 +62,7 @@ async def _listen(impl: str, directory: Path) -> tuple[list[asyncio.Server], dic
     return servers, ports
 
 
-async def run(impl: str, directory: Path) -> None:
+async def serve(impl: str, directory: Path) -> None:
     """Listen, announce the ports, serve until stdin closes."""
     servers, ports = await _listen(impl, directory)
     print(json.dumps({"ports": ports}), flush=True)
@@ -76,12 +75,13 @@ async def run(impl: str, directory: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the server process."""
     parser = argparse.ArgumentParser(prog="python -m bench.server")
-    parser.add_argument("--impl", choices=("kexlab", "kexlab-stream", "tls", "tcp"), required=True)
+    parser.add_argument("--impl", choices=("kexlab", "tls", "tcp"), required=True)
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
     args = parser.parse_args(argv)
-    raise_fd_limit(IDLE_CONNECTIONS * 2 + 256)
+    raise_fd_limit(max(IDLE_CONNECTIONS, CROWD_CLIENTS) * 2 + 256)
     try:
-        asyncio.run(run(args.impl, args.dir))
+        run(serve(args.impl, args.dir), args.loop)
     except KeyboardInterrupt:  # pragma: no cover - interactive use
         sys.exit(130)
 

@@ -60,6 +60,12 @@ def bench(
             "--connections", min=1, metavar="N", help="Idle connections for the memory figure."
         ),
     ] = scenarios.IDLE_CONNECTIONS,
+    uvloop: Annotated[
+        bool,
+        typer.Option(
+            "--uvloop", help="Measure everything again with uvloop as both sides' event loop."
+        ),
+    ] = False,
 ) -> None:
     """Measure kexlab against TLS 1.3 and plain TCP. Handshakes, throughput, round trips, memory."""
     try:
@@ -69,6 +75,11 @@ def bench(
     for path, option in ((json_file, "--json"), (plot, "--plot")):
         if path is not None:
             _check_writable(output_file(path, option))
+    if uvloop:
+        try:
+            report.check_uvloop()
+        except report.MissingExtra as exc:
+            fail(str(exc))
     if plot is not None:
         if not any(i.startswith("bulk-") for i in items):
             raise typer.BadParameter(
@@ -76,10 +87,15 @@ def bench(
             )
         try:
             report.check_plot()
-        except report.PlotUnavailable as exc:
+        except report.MissingExtra as exc:
             fail(str(exc))
     plan = make_plan(
-        items, quick=quick, duration=duration, repeats=repeats, connections=connections
+        items,
+        quick=quick,
+        duration=duration,
+        repeats=repeats,
+        connections=connections,
+        uvloop=uvloop,
     )
     console = Console()
     if not console.is_terminal:  # a file or a pipe: wide enough for the handshake table

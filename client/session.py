@@ -132,8 +132,8 @@ class ClientSession:
         if options.pcap is not None and not options.pcap.closed:
             tap = PcapTap(
                 options.pcap,
-                stream.writer.get_extra_info("sockname"),
-                stream.writer.get_extra_info("peername"),
+                stream.extra("sockname"),
+                stream.extra("peername"),
                 initiated_by_local=True,
                 on_error=options.on_pcap_error,
             )

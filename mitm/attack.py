@@ -24,6 +24,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -233,7 +234,7 @@ class Interception:
             host, port, ClientConnection(config), timeout=self.options.timeout
         )
         self.server_leg = stream
-        self.taps.append(tap_stream(self.options.pcap, stream.writer, initiated_by_local=True))
+        self.taps.append(tap_stream(self.options.pcap, stream.extra, initiated_by_local=True))
         stream.on_bytes = self.taps[-1].on_bytes if self.taps[-1] is not None else None
         try:
             return await stream.do_handshake(self.options.timeout)
@@ -319,13 +320,14 @@ class Interception:
 
 
 def tap_stream(
-    pcap: PcapWriter | None, writer: object, *, initiated_by_local: bool
+    pcap: PcapWriter | None, extra: Callable[[str], Any], *, initiated_by_local: bool
 ) -> PcapTap | None:
-    """Record one leg in ``pcap`` (None without --pcap)."""
+    """Record one leg in ``pcap`` (None without --pcap); ``extra`` reads the socket's names."""
     if pcap is None or pcap.closed:
         return None
-    get = writer.get_extra_info  # type: ignore[attr-defined]
-    return PcapTap(pcap, get("sockname"), get("peername"), initiated_by_local=initiated_by_local)
+    return PcapTap(
+        pcap, extra("sockname"), extra("peername"), initiated_by_local=initiated_by_local
+    )
 
 
 async def close_quietly(stream: KxpStream | None) -> None:

@@ -8,13 +8,14 @@ never the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from explain.console import describe_error
 from protocol import ServerConnection
-from transport import KxpStream
+from transport import KxpStream, start_server
 
 from .attack import Interception, MitmOptions, Report, Verdict, close_quietly, tap_stream
 from .relay import Tamper, TamperingRelay
@@ -56,9 +57,20 @@ class MitmProxy:
     async def start(self) -> tuple[str, int]:
         """Bind; returns the address actually bound."""
         host, port = self.listen
-        self._server = await asyncio.start_server(
-            self._accept, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
-        )
+        if self.tamper is not None:  # keyless: raw streams, frames cut by the relay
+            self._server = await asyncio.start_server(
+                self._relay, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            )
+        else:  # each client meets the core's own ServerConnection, with our keys
+            config = Interception.server_config(self.options)
+            self._server = await start_server(
+                self._intercept,
+                host,
+                port,
+                lambda: ServerConnection(config),
+                reuse_address=True,
+                backlog=LISTEN_BACKLOG,
+            )
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
@@ -73,55 +85,57 @@ class MitmProxy:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._count += 1
-        number = self._count
-        peer = writer.get_extra_info("peername")
-        self.report(f"[{number}] client {peer[0]}:{peer[1]} connected")
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self.tamper is not None
+        number = self._arrived(writer.get_extra_info("peername"))
+        relay = TamperingRelay(
+            number,
+            self.options.upstream,
+            self.tamper,
+            self.report,
+            self.options.timeout,
+            self.options.pcap,
+        )
         try:
-            verdict = await self._one(number, reader, writer)
-        except asyncio.CancelledError:
-            verdict = Verdict(False, "FAILED: stopped before the end")
-        except Exception as exc:  # a bug costs this connection, never the attacker
-            verdict = Verdict(False, f"FAILED: internal error: {type(exc).__name__}: {exc}")
-            with contextlib.suppress(Exception):
-                writer.close()
+            await self._verdict(number, relay.run(reader, writer))
         finally:
-            self._tasks.discard(task)
-        self.tally.verdicts.append(verdict)
-        self.report(f"[{number}] {verdict.line}")
+            writer.close()
 
-    async def _one(
-        self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Verdict:
-        if self.tamper is not None:
-            relay = TamperingRelay(
-                number,
-                self.options.upstream,
-                self.tamper,
-                self.report,
-                self.options.timeout,
-                self.options.pcap,
-            )
-            return await relay.run(reader, writer)
-        conn = ServerConnection(Interception.server_config(self.options))
-        stream = KxpStream(conn, reader, writer)
+    async def _intercept(self, stream: KxpStream) -> None:
+        number = self._arrived(stream.extra("peername"))
         interception = Interception(number, stream, self.options, self.report)
         stream.psk_provider = interception.psk_for  # every PSK identity is asked of the attacker
-        tap = tap_stream(self.options.pcap, writer, initiated_by_local=False)
+        tap = tap_stream(self.options.pcap, stream.extra, initiated_by_local=False)
         if tap is not None:
             stream.on_bytes = tap.on_bytes
         interception.taps.append(tap)
         try:
-            return await interception.run()
-        except Exception as exc:
-            return Verdict(False, f"FAILED: {describe_error(exc, 'peer')}")
+            await self._verdict(number, interception.run())
         finally:
             await close_quietly(interception.server_leg)
             await close_quietly(stream)
             for each in interception.taps:
                 if each is not None:
                     each.close()  # no byte crosses after this: the legs are closed
+
+    def _arrived(self, peer: tuple[str, int] | None) -> int:
+        self._count += 1
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.report(f"[{self._count}] client {where} connected")
+        return self._count
+
+    async def _verdict(self, number: int, attack: Coroutine[Any, Any, Verdict]) -> None:
+        """Run one connection's attack as a task of ours; its verdict, whatever happens."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            verdict = await attack
+        except asyncio.CancelledError:
+            verdict = Verdict(False, "FAILED: stopped before the end")
+        except Exception as exc:  # a bug costs this connection, never the attacker
+            verdict = Verdict(False, f"FAILED: {describe_error(exc, 'peer')}")
+        finally:
+            self._tasks.discard(task)
+        self.tally.verdicts.append(verdict)
+        self.report(f"[{number}] {verdict.line}")

@@ -106,8 +106,8 @@ class TamperingRelay:
             writer.close()
             self.say(reason)
             return Verdict(False, f"FAILED: {reason}")
-        client_tap = tap_stream(self.pcap, writer, initiated_by_local=False)
-        server_tap = tap_stream(self.pcap, up_writer, initiated_by_local=True)
+        client_tap = tap_stream(self.pcap, writer.get_extra_info, initiated_by_local=False)
+        server_tap = tap_stream(self.pcap, up_writer.get_extra_info, initiated_by_local=True)
         legs = [
             self._pipe(reader, up_writer, _Direction("client → server", (client_tap, server_tap))),
             self._pipe(up_reader, writer, _Direction("server → client", (server_tap, client_tap))),

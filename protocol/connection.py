@@ -114,6 +114,11 @@ class Connection:
         """§4: this side has sent its FINISHED and verified the peer's."""
         return self._sender is not None and self._receiver is not None
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet taken as frames: what a reader that falls behind holds."""
+        return self._decoder.buffered
+
     def receive_data(self, data: bytes) -> None:
         """Store bytes read from the peer; call ``next_event`` to process them."""
         if data:

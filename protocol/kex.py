@@ -180,12 +180,21 @@ class _FFDHPrivate(DHPrivate):
 
 
 class FFDHEGroup(DHGroup):
-    """RFC 7919 finite-field groups, generator 2; shares left-padded to the prime's length."""
+    """RFC 7919 finite-field groups, generator 2; shares left-padded to the prime's length.
 
-    def __init__(self, group: Group, p_hex: str) -> None:
+    The private exponent has ``exponent_bits`` random bits: RFC 7919 §5.2 finds 225 bits
+    enough for ffdhe2048 and 275 for ffdhe3072 (what OpenSSL draws), a ninth of the work
+    of a full-length one. None draws it at the prime's full length (the test vectors'
+    exponents). Either way it is rejection-sampled into 2 .. p-2.
+    """
+
+    def __init__(self, group: Group, p_hex: str, exponent_bits: int | None = None) -> None:
         self.group = group
         self.p = int(p_hex, 16)
         self.share_len = (self.p.bit_length() + 7) // 8
+        self.exponent_bits = exponent_bits or self.p.bit_length()
+        self._draw_len = (self.exponent_bits + 7) // 8
+        self._mask = (1 << self.exponent_bits) - 1
 
     @property
     def available(self) -> bool:
@@ -203,7 +212,7 @@ class FFDHEGroup(DHGroup):
                 f"{self.group.name.lower()} is unavailable: this cryptography has no finite-field DH",
             )
         while True:
-            x = int.from_bytes(rng(self.share_len), "big")
+            x = int.from_bytes(rng(self._draw_len), "big") & self._mask
             if 1 < x < self.p - 1:
                 break
         # OpenSSL computes g^x mod p when it loads a PKCS#8 key that holds only x, so we
@@ -255,8 +264,8 @@ GROUPS: dict[Group, DHGroup] = {
             16,
         ),
     ),
-    Group.FFDHE2048: FFDHEGroup(Group.FFDHE2048, FFDHE2048_P),
-    Group.FFDHE3072: FFDHEGroup(Group.FFDHE3072, FFDHE3072_P),
+    Group.FFDHE2048: FFDHEGroup(Group.FFDHE2048, FFDHE2048_P, exponent_bits=225),
+    Group.FFDHE3072: FFDHEGroup(Group.FFDHE3072, FFDHE3072_P, exponent_bits=275),
 }
 
 

@@ -38,7 +38,7 @@ from protocol import (
     check_server_config,
 )
 from protocol.kex import RandomSource, ServerPrivateKey, available_groups
-from transport import ConnectionLost, KxpStream, PskProvider
+from transport import ConnectionLost, KxpStream, PskProvider, start_server
 from transport.keylog import append_keylog
 
 from .apps import APPS, App, Session
@@ -177,10 +177,11 @@ class KexlabServer:
 
     async def start(self) -> tuple[str, int]:
         """Bind and listen; returns the address actually bound (port 0 picks a free one)."""
-        self._server = await asyncio.start_server(
+        self._server = await start_server(
             self._accept,
             self.options.host,
             self.options.port,
+            lambda: ServerConnection(self.config),
             reuse_address=True,
             # A burst of clients must not overflow the accept queue (asyncio's default is 100).
             backlog=LISTEN_BACKLOG,
@@ -223,30 +224,26 @@ class KexlabServer:
 
     # ------------------------------------------------------------------ one connection
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, stream: KxpStream) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(stream)
         except asyncio.CancelledError:
             # Only shutdown cancels a connection task, and it has been dropped by then.
-            # Ending normally also spares Python 3.11's start_server callback, which
-            # logs a spurious error for a cancelled client_connected_cb task.
             pass
         finally:
             self._tasks.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = ServerConnection(self.config)
-        stream = KxpStream(conn, reader, writer)
+    async def _serve(self, stream: KxpStream) -> None:
         peer = stream.peer
         stream.on_event = lambda ev: self._on_event(peer, ev)
         stream.psk_provider = self.options.psk_provider
-        tap = self._tap(writer, peer)
+        tap = self._tap(stream, peer)
         if tap is not None:
             stream.on_bytes = tap.on_bytes
-        peername = writer.get_extra_info("peername")
+        peername = stream.extra("peername")
         key = address_key(peername[0]) if peername else peer
         refusal = STOPPING if self._stopping else self.limits.admit(key)
         if refusal is not None:
@@ -354,14 +351,14 @@ class KexlabServer:
         await self.app.run(session)
         self._log("closed", peer)
 
-    def _tap(self, writer: asyncio.StreamWriter, peer: str) -> PcapTap | None:
+    def _tap(self, stream: KxpStream, peer: str) -> PcapTap | None:
         """This connection's flow in the ``--pcap`` file (the client sent the SYN)."""
         if self.options.pcap is None or self.options.pcap.closed:
             return None
         return PcapTap(
             self.options.pcap,
-            writer.get_extra_info("sockname"),
-            writer.get_extra_info("peername"),
+            stream.extra("sockname"),
+            stream.extra("peername"),
             initiated_by_local=False,
             on_error=lambda reason: self._log("pcap-error", peer, reason=reason),
         )

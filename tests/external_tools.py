@@ -6,10 +6,11 @@ run checks less than it claims. Elsewhere the test skips and says which program 
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -49,3 +50,13 @@ def require_tool(name: str, why: str = "") -> str:
     if found is not None:
         return found
     unavailable(f"{name} is not installed" + (f" (needed for {why})" if why else ""))
+
+
+def require_module(name: str, why: str = "") -> Any:
+    """An optional Python package (installed by the test extra); the same rule as programs."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        unavailable(
+            f"the Python package {name} is not installed" + (f" (needed for {why})" if why else "")
+        )

@@ -249,11 +249,11 @@ async def keyupdate(source: Path, seconds: float) -> None:
         sent, t0 = 0, time.monotonic()
         while time.monotonic() - t0 < seconds:
             sent += await key_update_flood(attacker, 20_000)
-            if attacker.writer.transport.get_write_buffer_size() > 8 << 20:
+            if attacker.transport.get_write_buffer_size() > 8 << 20:
                 await asyncio.sleep(0.2)  # the server stopped reading: wait, keep asking
         await asyncio.sleep(1.5)
         sampler.cancel()
-        attacker.writer.transport.abort()
+        attacker.transport.abort()
     report(
         f"key_update flood: {seconds:.0f} s of request_update=1, never reading",
         {
@@ -353,14 +353,14 @@ async def inbox(source: Path, seconds: float) -> None:
         box = srv.home / "inbox"
         await asyncio.to_thread(_plant, box, 20_000)
         clash = await handshaken(srv.port)
-        attacker.writer.transport.abort()
+        attacker.transport.abort()
         attacker = clash
         t1 = time.monotonic()
         for _ in range(5):
             await upload("clash.bin")
         per_upload = (time.monotonic() - t1) / 5
         sampler.cancel()
-        attacker.writer.transport.abort()
+        attacker.transport.abort()
     report(
         f"inbox flood: one session uploads empty files for {seconds:.0f} s (up to 100,000)",
         {

@@ -31,7 +31,7 @@ from protocol import (
     ServerConnection,
     TrustVerdict,
 )
-from transport import KxpStream
+from transport import KxpStream, start_server
 
 HOST = "127.0.0.1"
 
@@ -175,13 +175,32 @@ class HelloFlood:
         await asyncio.gather(*self._inflight, return_exceptions=True)
 
 
+async def open_stream(
+    port: int, conn: ClientConnection, source: str = HOST, rcvbuf: int | None = None
+) -> KxpStream:
+    """``open_from``, with the client connection's own pump on the socket."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, (HOST, port))
+        stream = KxpStream(conn)
+        await loop.create_connection(lambda: stream, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return stream
+
+
 async def honest_round(port: int, source: str, deadline: float) -> float:
     """One honest client (dhe): handshake and an echo within ``deadline``; seconds taken."""
     started = time.monotonic()
     async with asyncio.timeout(deadline):
-        reader, writer = await open_from(port, source)
         conn = ClientConnection(ClientConfig(kex=Kex.DHE, trust=trust_any))
-        stream = KxpStream(conn, reader, writer)
+        stream = await open_stream(port, conn, source)
         try:
             await stream.do_handshake(deadline)
             await stream.send(b"honest")
@@ -197,8 +216,8 @@ async def honest_round(port: int, source: str, deadline: float) -> float:
 
 async def handshaken(port: int, kex: Kex = Kex.DHE, rcvbuf: int | None = None) -> KxpStream:
     """A client stream with its handshake done (dhe: no secret needed)."""
-    reader, writer = await open_from(port, rcvbuf=rcvbuf)
-    stream = KxpStream(ClientConnection(ClientConfig(kex=kex, trust=trust_any)), reader, writer)
+    conn = ClientConnection(ClientConfig(kex=kex, trust=trust_any))
+    stream = await open_stream(port, conn, rcvbuf=rcvbuf)
     await stream.do_handshake(10)
     return stream
 
@@ -209,7 +228,8 @@ async def key_update_flood(stream: KxpStream, count: int, batch: int = 1000) -> 
     Writes stop counting once the socket no longer takes them (the server stopped reading):
     that is the backpressure the fix asks for.
     """
-    conn, transport = stream.conn, stream.writer.transport
+    conn, transport = stream.conn, stream.transport
+    assert transport is not None
     sent = 0
     while sent < count:
         for _ in range(min(batch, count - sent)):
@@ -252,8 +272,7 @@ async def mitm(upstream_port: int) -> AsyncIterator[tuple[int, list[MitmLeg]]]:
             await dst.send(record)
         dst.send_close()
 
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        down = KxpStream(ServerConnection(config), reader, writer)
+    async def accept(down: KxpStream) -> None:
         up: KxpStream | None = None
         try:
             leg = MitmLeg(await down.do_handshake(10))
@@ -274,7 +293,7 @@ async def mitm(upstream_port: int) -> AsyncIterator[tuple[int, list[MitmLeg]]]:
                 up.send_close()
                 await up.wait_closed(0.5)
 
-    server = await asyncio.start_server(accept, HOST, 0)
+    server = await start_server(accept, HOST, 0, lambda: ServerConnection(config))
     try:
         yield server.sockets[0].getsockname()[1], legs
     finally:

@@ -45,7 +45,7 @@ def one_line(text: str) -> str:
 def test_only_default_is_everything() -> None:
     """No --only runs every measurement, in the fixed order."""
     assert parse_only(None) == list(ALL_ITEMS)
-    assert ALL_ITEMS[0] == "handshake-rsa" and ALL_ITEMS[-1] == "memory"
+    assert ALL_ITEMS[0] == "handshake-rsa" and ALL_ITEMS[-1] == "crowd"
 
 
 def test_only_groups_and_order() -> None:
@@ -74,6 +74,8 @@ def test_plan_quick_and_full() -> None:
     assert (quick.duration, quick.repeats) == (0.4, 1)
     assert (full.duration, full.repeats) == (1.5, 3)
     assert make_plan(["pingpong"], quick=True, duration=0.1, repeats=3).repeats == 3
+    assert full.loops == ("asyncio",)
+    assert make_plan(["pingpong"], quick=True, uvloop=True).loops == ("asyncio", "uvloop")
 
 
 def test_children_get_fixed_malloc_thresholds() -> None:
@@ -117,6 +119,20 @@ def _fake_result() -> dict[str, Any]:
         "bulk": [{"size": 65536, "kexlab": 90.0, "tls": 100.0, "tcp": 100.0}],
         "pingpong": {"kexlab": 10.0, "tls": 5.0, "tcp": 20.0},
         "memory": {"connections": 1000, "kexlab": 16.0, "tls": 256.0, "tcp": 4.0},
+        "crowd": {
+            "clients": 1000,
+            "messages": 100,
+            "kexlab": {
+                "clients": 1000,
+                "completed": 999,
+                "lost": 0,
+                "reordered": 0,
+                "errors": {"BenchError": 1},
+                "elapsed": 9.5,
+                "handshake_p50_ms": 400.0,
+                "handshake_p99_ms": 700.0,
+            },
+        },
     }
     plan = make_plan(["handshake-dhe"], quick=True)
     return summarise(results, plan, 1.0)
@@ -133,11 +149,14 @@ def test_summary_ratios_and_targets() -> None:
     assert verdicts == {
         "handshakes/s, dhe sequential: kexlab/TLS": True,
         "handshakes/s, dhe concurrent: kexlab/TLS": False,
-        "bulk 64 KiB: kexlab/TLS": False,
-        "bulk 64 KiB: kexlab/TCP": True,
-        "ping-pong: kexlab/TLS": True,
-        "KiB per idle kexlab connection": True,
+        "bulk 64 KiB: kexlab/TLS": False,  # 0.9 < 1.2
+        "bulk 64 KiB: kexlab/TCP": True,  # 0.9 >= 0.85
+        "ping-pong: kexlab/TLS": True,  # 2.0 >= 1.3
+        "KiB per idle kexlab connection": True,  # 16 <= 32
+        "1,000 clients x 100 echoes: kexlab failures": False,  # one did not complete
     }
+    [crowd] = [t for t in result["targets"] if t["target"].startswith("1,000 clients")]
+    assert (crowd["value"], crowd["goal"], crowd["at_most"]) == (1, 0, True)
     assert result["run"]["malloc_env"] == MALLOC_ENV
 
 
@@ -154,6 +173,7 @@ def test_render_tables(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no PSK in Python's ssl" in out
     assert "64 KiB" in out and "0.90×" in out
     assert "KiB per idle connection (1,000 open)" in out
+    assert "1,000 clients at once" in out and "999/1,000" in out and "BenchError x1" in out
     assert "MALLOC_TRIM_THRESHOLD_=" in out and "MALLOC_MMAP_THRESHOLD_=" in out
 
 
@@ -167,6 +187,14 @@ def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert result.exit_code == 1
     assert "pip install 'kexlab[plot]'" in one_line(result.stderr)
     assert not (tmp_path / "p.png").exists()
+
+
+def test_uvloop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--uvloop without uvloop installed stops before measuring, with the install hint."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    result = run("--quick", "--only", "pingpong", "--uvloop")
+    assert result.exit_code == 1
+    assert "pip install 'kexlab[uvloop]'" in one_line(result.stderr)
 
 
 def test_plot_needs_a_bulk_figure(tmp_path: Path) -> None:
@@ -183,6 +211,46 @@ def test_unknown_only_is_a_usage_error() -> None:
     assert "unknown measurement 'handshake-ecdsa'" in one_line(result.stderr)
 
 
+def test_uvloop_rows_smoke(tmp_path: Path) -> None:
+    """--uvloop measures each figure again with uvloop in every peer: its own rows, no verdicts."""
+    out = tmp_path / "bench.json"
+    result = run(
+        "--quick", "--only", "pingpong", "--duration", "0.1", "--uvloop", "--json", str(out)
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "Round trips and memory — uvloop on both sides" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["run"]["loops"] == ["asyncio", "uvloop"]
+    assert data["machine"]["uvloop"] not in (None, "?")
+    ping = data["uvloop"]["pingpong"]
+    assert all(isinstance(ping[k], float) and ping[k] > 0 for k in ("kexlab", "tls", "tcp"))
+    assert isinstance(ping["kexlab_vs_tls"], float)
+    assert [t["target"] for t in data["targets"]] == ["ping-pong: kexlab/TLS"]  # asyncio's
+
+
+def test_crowd_after_memory_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small crowd after the memory figure (whose fresh servers come and go while the
+    long-lived ones ping-pong used still run): every client completes its handshake and
+    echoes, in order, for kexlab and TLS alike."""
+    monkeypatch.setattr(runner, "CROWD_CLIENTS", 20)
+    monkeypatch.setattr(runner, "CROWD_MESSAGES", 5)
+    out = tmp_path / "bench.json"
+    args = ["--only", "pingpong,memory,crowd", "--connections", "10", "--duration", "0.05"]
+    result = run("--quick", *args, "--json", str(out))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "20 clients at once, each a handshake and 5 echoed 64-byte messages" in result.stdout
+    crowd = json.loads(out.read_text())["crowd"]
+    for impl in ("kexlab", "tls"):
+        cell = crowd[impl]
+        assert (cell["completed"], cell["lost"], cell["reordered"], cell["errors"]) == (
+            20,
+            0,
+            0,
+            {},
+        )
+        assert 0 < cell["handshake_p50_ms"] <= cell["handshake_p99_ms"]
+
+
 def test_quick_subset_smoke(tmp_path: Path) -> None:
     """A real run (separate server and client processes) on two figures: table and JSON shape."""
     out = tmp_path / "bench.json"
@@ -197,15 +265,14 @@ def test_quick_subset_smoke(tmp_path: Path) -> None:
     assert "MALLOC_TRIM_THRESHOLD_=" in text
     rows = [line for line in text.splitlines() if line.startswith("│ 16 KiB ")]
     assert len(rows) == 1 and rows[0].count("×") == 2, text
-    stream_rows = [line for line in text.splitlines() if "16 KiB, kexlab (KxpStream)" in line]
-    assert len(stream_rows) == 1 and stream_rows[0].count("×") == 2, text
     assert "Round trips and memory" not in text  # not selected
 
     data = json.loads(out.read_text())
     assert data["run"]["mode"] == "quick"
     assert data["run"]["items"] == ["handshake-dhe", "bulk-16k"]
     assert data["run"]["malloc_env"] == scenarios.MALLOC_ENV
-    assert data["pingpong"] is None and data["memory"] is None
+    assert data["pingpong"] is None and data["memory"] is None and data["crowd"] is None
+    assert data["run"]["loops"] == ["asyncio"] and "uvloop" not in data
     (hs,) = data["handshakes"]
     assert hs["pairing"] == "dhe"
     for mode in ("sequential", "concurrent"):
@@ -224,9 +291,9 @@ def test_quick_subset_smoke(tmp_path: Path) -> None:
         assert isinstance(hs[mode]["ratio"], float)
     (bulk,) = data["bulk"]
     assert bulk["size"] == 16384 and bulk["label"] == "16 KiB"
-    for key in ("kexlab", "tls", "tcp", "kexlab_vs_tls", "kexlab_vs_tcp", "kexlab_stream"):
+    for key in ("kexlab", "tls", "tcp", "kexlab_vs_tls", "kexlab_vs_tcp"):
         assert isinstance(bulk[key], float) and bulk[key] > 0
-    assert set(bulk["cpu_us_per_message"]) == {"kexlab", "tls", "tcp", "kexlab-stream"}
+    assert set(bulk["cpu_us_per_message"]) == {"kexlab", "tls", "tcp"}
     assert [t["target"] for t in data["targets"]] == [
         "handshakes/s, dhe sequential: kexlab/TLS",
         "handshakes/s, dhe concurrent: kexlab/TLS",

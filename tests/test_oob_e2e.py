@@ -51,7 +51,7 @@ from protocol import (
     ServerConnection,
     TrustVerdict,
 )
-from transport import KxpStream
+from transport import KxpStream, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("home")]
 SID = "lab"
@@ -348,7 +348,12 @@ class Mitm:
         self._done = asyncio.Event()
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self._server = await start_server(
+            self._relay,
+            "127.0.0.1",
+            0,
+            lambda: ServerConnection(ServerConfig(kex_methods=frozenset({Kex.DHE}))),
+        )
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
@@ -361,10 +366,7 @@ class Mitm:
         async with asyncio.timeout(timeout):
             await self._done.wait()
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        down = KxpStream(
-            ServerConnection(ServerConfig(kex_methods=frozenset({Kex.DHE}))), reader, writer
-        )
+    async def _relay(self, down: KxpStream) -> None:
         up: KxpStream | None = None
         try:
             hc = await down.do_handshake(5)

@@ -32,7 +32,7 @@ from server import inbox as inbox_module
 from server.inbox import Quota
 from server.limits import MAX_QUEUE_WAIT
 from server.server import DEFAULT_IDLE_TIMEOUT, KexlabServer, ServerOptions
-from transport import stream as stream_module
+from transport import KxpStream
 from transport.control import OP_ERROR, OP_FILE, decode_control, encode_control
 
 BOMB = b"[" * 1500 + b"]" * 1500
@@ -193,7 +193,7 @@ async def flood_and_measure(srv: KexlabServer, count: int) -> int:
     """
     attacker = await handshaken(srv.address[1], rcvbuf=4096)
     (served,) = srv.streams
-    served.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    served.extra("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     try:
         assert await key_update_flood(attacker, count) == count
         last = -1
@@ -203,7 +203,8 @@ async def flood_and_measure(srv: KexlabServer, count: int) -> int:
         assert served.conn.state.name == "CONNECTED"
         return last
     finally:
-        attacker.writer.transport.abort()
+        assert attacker.transport is not None
+        attacker.transport.abort()
         await attacker.wait_closed()
         await asyncio.sleep(0.1)
 
@@ -215,8 +216,12 @@ async def test_a_key_update_flood_stops_the_server_reading_not_growing(
     srv, _rec = await make_server()
     held = await flood_and_measure(srv, 40_000)
     assert 0 < held < 512 << 10, held  # at most a high-water mark and one read's answers
-    # The same flood without the fix (answers never wait for the socket): it grows.
-    monkeypatch.setattr(stream_module, "ANSWER_BACKLOG", float("inf"))
+    # The same flood without the fix (the reader never waits for its answers to leave):
+    # the server's unsent answers grow.
+    async def never_wait(stream: KxpStream) -> None:
+        stream._answered = False
+
+    monkeypatch.setattr(KxpStream, "_answers_sent", never_wait)
     assert await flood_and_measure(srv, 40_000) > 1 << 20
 
 

@@ -1,4 +1,4 @@
-"""Published vectors for the primitives KXP/1 composes: RFC 8448, RFC 5869, RFC 7748."""
+"""Published vectors and rules for the primitives KXP/1 composes: RFC 8448, 5869, 7748, 7919."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from protocol.alerts import AlertCode, RemoteProtocolError
 from protocol.config import ServerConfig
 from protocol.constants import CipherSuite, FrameType, Group, Kex
 from protocol.frames import FrameDecoder, encode_frame
-from protocol.kex import GROUPS, RandomSource
+from protocol.kex import FFDHE2048_P, GROUPS, FFDHEGroup, RandomSource
 from protocol.keyschedule import hkdf_expand_label, hkdf_extract
 from protocol.messages import Alert, ClientHello
 from protocol.server_connection import ServerConnection
@@ -145,3 +145,47 @@ def test_all_zero_share_in_client_hello_is_refused_on_the_wire() -> None:
     frame = decoder.next_frame()
     assert frame is not None and frame.type is FrameType.ALERT and decoder.buffered == 0
     assert Alert.decode(frame.payload).code == AlertCode.ILLEGAL_PARAMETER
+
+
+FFDHE_EXPONENT_BITS = {Group.FFDHE2048: 225, Group.FFDHE3072: 275}
+
+
+@pytest.mark.parametrize("group", list(FFDHE_EXPONENT_BITS), ids=lambda g: g.name.lower())
+def test_rfc7919_short_exponent(group: Group) -> None:
+    """RFC 7919 §5.2 and docs/protocol.md §2: the private exponent has 225 (ffdhe2048) or 275
+    (ffdhe3072) random bits, drawn as whole bytes and masked; the share is 2^x mod p."""
+    impl = GROUPS[group]
+    assert isinstance(impl, FFDHEGroup)
+    bits = FFDHE_EXPONENT_BITS[group]
+    draw = (bits + 7) // 8
+    alice = impl.generate(scripted(b"\xff" * draw))  # every bit set: masked to 2^bits - 1
+    x = (1 << bits) - 1
+    assert alice.public == pow(2, x, impl.p).to_bytes(impl.share_len, "big")
+    bob = impl.generate(scripted(bytes(range(1, draw + 1))))
+    y = int.from_bytes(bytes(range(1, draw + 1)), "big") & ((1 << bits) - 1)
+    assert bob.public == pow(2, y, impl.p).to_bytes(impl.share_len, "big")
+    shared = pow(2, x * y, impl.p).to_bytes(impl.share_len, "big")
+    assert alice.exchange(bob.public) == bob.exchange(alice.public) == shared
+
+
+def test_rfc7919_exponent_is_rejection_sampled() -> None:
+    """An exponent under 2 is drawn again (x = 1, then x = 0, then x = 5)."""
+    impl = GROUPS[Group.FFDHE2048]
+    draws = [(1).to_bytes(29, "big"), bytes(29), (5).to_bytes(29, "big")]
+
+    def rng(n: int) -> bytes:
+        assert n == 29
+        return draws.pop(0)
+
+    key = impl.generate(rng)
+    assert draws == []
+    assert key.public == pow(2, 5, int(FFDHE2048_P, 16)).to_bytes(256, "big")
+
+
+def test_full_length_exponent_group_draws_the_share_length() -> None:
+    """Without exponent_bits the exponent is as long as the prime (how the vectors were made)."""
+    impl = FFDHEGroup(Group.FFDHE2048, FFDHE2048_P)
+    assert impl.exponent_bits == 2048
+    x = int(FFDHE2048_P, 16) - 2
+    key = impl.generate(scripted(x.to_bytes(256, "big")))
+    assert key.public == pow(2, x, int(FFDHE2048_P, 16)).to_bytes(256, "big")

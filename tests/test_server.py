@@ -88,7 +88,7 @@ async def test_chat_relays_to_every_other_member_with_the_senders_name(make_serv
     got = await carol.receive(5)
     assert got == b"alice: hi all"
     await carol.send(b"hello")
-    carol_name = f"127.0.0.1:{carol.stream.writer.get_extra_info('sockname')[1]}"
+    carol_name = f"127.0.0.1:{carol.stream.extra('sockname')[1]}"
     assert await alice.receive(5) == f"{carol_name}: hello".encode()
     assert await bob.receive(5) == f"{carol_name}: hello".encode()
     with pytest.raises(TimeoutError):  # nobody hears their own message back
@@ -205,7 +205,7 @@ async def test_a_connection_lost_mid_upload_leaves_no_file(make_server, home: Pa
     await session.send(b"12345")
     await rec.event("upload-start")
     assert (home / "inbox" / "half.bin").exists()
-    session.stream.writer.close()  # gone without close_notify
+    session.stream.transport.close()  # gone without close_notify
     await session.stream.wait_closed()
     await rec.event("error")
     assert not (home / "inbox" / "half.bin").exists()

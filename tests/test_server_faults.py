@@ -133,11 +133,11 @@ async def read_to_eof(reader: asyncio.StreamReader, timeout: float = 5.0) -> byt
     return b"".join(chunks)
 
 
-def rst(writer: asyncio.StreamWriter) -> None:
+def rst(writer: asyncio.StreamWriter | asyncio.Transport) -> None:
     """Drop a connection with a TCP reset (SO_LINGER 0), as a crashed peer would."""
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
+    (writer.transport if isinstance(writer, asyncio.StreamWriter) else writer).abort()
 
 
 def of_peer(rec: Recorder, port: int) -> list[tuple[str, dict[str, Any]]]:
@@ -154,7 +154,7 @@ async def handshakes(rec: Recorder, count: int) -> None:
 
 
 def local_port(session: ClientSession) -> int:
-    port: int = session.stream.writer.get_extra_info("sockname")[1]
+    port: int = session.stream.extra("sockname")[1]
     return port
 
 
@@ -171,9 +171,9 @@ async def test_writes_to_a_socket_lost_under_another_task_are_silent(
     session = await connect(srv.address[1])
     await handshakes(rec, 1)
     [server_stream] = srv.streams
-    rst(server_stream.writer)
+    rst(server_stream.transport)
     async with asyncio.timeout(5):
-        while not session.stream.writer.transport.is_closing():
+        while not session.stream.transport.is_closing():
             await asyncio.sleep(0.005)
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         for _ in range(20):
@@ -224,7 +224,7 @@ async def test_a_pipelining_client_cannot_hold_the_event_loop(make_server) -> No
     conn = session.stream.conn
     for _ in range(3000):
         conn.send_data(b"m")
-    session.stream.writer.write(conn.data_to_send())
+    session.stream.transport.write(conn.data_to_send())
     start = ticks
     async with asyncio.timeout(10):
         for _ in range(3000):
@@ -315,10 +315,10 @@ async def test_a_connection_accepted_as_shutdown_starts_gets_close_notify(home: 
     gate, accepted = asyncio.Event(), asyncio.Event()
     real_accept = srv._accept
 
-    async def late_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def late_accept(stream: KxpStream) -> None:
         accepted.set()
         await gate.wait()
-        await real_accept(reader, writer)
+        await real_accept(stream)
 
     srv._accept = late_accept  # type: ignore[method-assign]
     await srv.start()
@@ -350,7 +350,7 @@ async def test_upload_cut_off_is_removed_and_logged(make_server, home: Path) -> 
     async with asyncio.timeout(5):
         while (home / "inbox" / "cut.bin").stat().st_size != 100_000:
             await asyncio.sleep(0.01)
-    rst(session.stream.writer)
+    rst(session.stream.transport)
     await rec.event("error")
     assert rec.named("upload-failed") == [
         {
@@ -420,9 +420,9 @@ async def test_chat_members_leaving_mid_broadcast(
     async def leave(i: int, s: ClientSession) -> None:
         await asyncio.sleep(0.002 * i)
         if i % 2:
-            rst(s.stream.writer)
+            rst(s.stream.transport)
         else:
-            s.stream.writer.transport.abort()
+            s.stream.transport.abort()
         await s.wait_closed()
 
     async def hear(s: ClientSession) -> list[bytes | None]:
@@ -746,7 +746,7 @@ async def _cut_upload(port: int) -> None:
     await session.send(encode_control(OP_FILE, name="cut.bin", size=len(data), sha256=digest))
     await session.send(data[:70_000])
     await asyncio.sleep(0.1)
-    rst(session.stream.writer)
+    rst(session.stream.transport)
     await session.wait_closed()
 
 

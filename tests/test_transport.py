@@ -29,7 +29,7 @@ from protocol import (
 )
 from protocol.frames import FrameDecoder
 from protocol.messages import Alert
-from transport import ConnectionLost, KxpStream
+from transport import ConnectionLost, KxpStream, start_server
 
 PSK = bytes(range(32))
 
@@ -98,7 +98,9 @@ class OneServer:
         return errors
 
     async def __aenter__(self) -> OneServer:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.server = await start_server(
+            self._accept, "127.0.0.1", 0, lambda: ServerConnection(self.config)
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -112,8 +114,9 @@ class OneServer:
                 task.cancel()
                 self.errors.append(RuntimeError("handler still running 5 s after the test"))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = KxpStream(ServerConnection(self.config), reader, writer, **self.stream_kw)  # type: ignore[arg-type]
+    async def _accept(self, stream: KxpStream) -> None:
+        for name, value in self.stream_kw.items():
+            setattr(stream, name, value)
         self.streams.append(stream)
         task = asyncio.current_task()
         assert task is not None
@@ -312,7 +315,7 @@ async def test_peer_vanishing_after_handshake_is_connection_lost(key: rsa.RSAPri
     async with OneServer(server_config(key), recv_once) as srv:
         stream = await KxpStream.connect("127.0.0.1", srv.port, client_conn(Kex.PSK))
         await stream.do_handshake(5)
-        stream.writer.close()  # no close_notify
+        stream.transport.close()  # no close_notify
         await stream.wait_closed()
         await asyncio.wait_for(srv.done.wait(), 5)
     [err] = srv.take_errors()

@@ -43,7 +43,10 @@ from protocol.events import (
 )
 from protocol.frames import Frame, FrameDecoder
 from protocol.kex import (
+    FFDHE2048_P,
+    FFDHE3072_P,
     GROUPS,
+    FFDHEGroup,
     ServerPrivateKey,
     Signer,
     load_server_key,
@@ -74,7 +77,8 @@ from protocol.server_connection import ServerConnection
 
 NAMES = handshake_vector_names()
 ROLES = ("client", "server")
-# What a private value costs the rng: x25519 32 bytes, EC the coordinate length, ffdhe the share.
+# What a private value costs the rng: x25519 32 bytes, EC the coordinate length, ffdhe the share
+# (the vectors' ffdhe exponents are full length: see ``full_length_ffdhe``).
 DRAW_LEN = {
     Group.X25519: 32,
     Group.SECP256R1: 32,
@@ -381,6 +385,14 @@ def vector_signer(v: Vector) -> Signer:
         return given.signature
 
     return signer
+
+
+@pytest.fixture(autouse=True)
+def full_length_ffdhe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vectors' ffdhe exponents are as long as the prime (§2 leaves the length to each side;
+    kexlab draws 225 or 275 bits, RFC 7919 §5.2): replay them through groups that draw so."""
+    for group, prime in ((Group.FFDHE2048, FFDHE2048_P), (Group.FFDHE3072, FFDHE3072_P)):
+        monkeypatch.setitem(GROUPS, group, FFDHEGroup(group, prime))
 
 
 @pytest.fixture

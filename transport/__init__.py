@@ -1,19 +1,16 @@
-"""asyncio glue: drive a sans-I/O KXP connection over TCP streams (no terminal, no files)."""
+"""asyncio glue: drive a sans-I/O KXP connection over TCP (no terminal, no files)."""
 
-from .stream import (
-    ByteHook,
-    ConnectionLost,
-    EventHook,
-    KxpStream,
-    PskProvider,
-    TransportError,
-)
+from .errors import ConnectionLost, TransportError
+from .server import start_server
+from .stream import ByteHook, EventHook, Handler, KxpStream, PskProvider
 
 __all__ = [
     "ByteHook",
     "ConnectionLost",
     "EventHook",
+    "Handler",
     "KxpStream",
     "PskProvider",
     "TransportError",
+    "start_server",
 ]
