@@ -1,6 +1,6 @@
 """Find KXP sessions in a capture and decrypt their records (``kexlab decrypt``).
 
-(About 450 lines: one pass from TCP streams to frames, keys and records; its inputs and
+(About 500 lines: one pass from TCP streams to frames, keys and records; its inputs and
 its report live in ``capture/inputs.py`` and ``capture/report.py``.)
 
 A passive observer holds the transcript and nothing else. What turns it into

@@ -97,7 +97,9 @@ class KnownHosts:
             raise ValueError(f"bad host:port {host_port!r}")
         lines = self.lines()
         sha256 = sha256.lower()
-        if any(line.entry and (line.host_port, line.sha256) == (host_port, sha256) for line in lines):
+        if any(
+            line.entry and (line.host_port, line.sha256) == (host_port, sha256) for line in lines
+        ):
             return
         self._write([*(line.text for line in lines), f"{host_port} {sha256}"])
 
@@ -117,7 +119,13 @@ class KnownHosts:
         except OSError:
             return None
         if mode & 0o022:
-            who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
+            who = (
+                "group and others"
+                if mode & 0o022 == 0o022
+                else "group"
+                if mode & 0o020
+                else "others"
+            )
             return (
                 f"{self.path} is writable by {who} (mode {mode:04o}): whoever can write it"
                 f" chooses which server keys this client trusts; chmod 600 {self.path}"

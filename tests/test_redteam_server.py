@@ -216,6 +216,7 @@ async def test_a_key_update_flood_stops_the_server_reading_not_growing(
     srv, _rec = await make_server()
     held = await flood_and_measure(srv, 40_000)
     assert 0 < held < 512 << 10, held  # at most a high-water mark and one read's answers
+
     # The same flood without the fix (the reader never waits for its answers to leave):
     # the server's unsent answers grow.
     async def never_wait(stream: KxpStream) -> None:
