@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import (
+    AlertCode,
     CipherSuite,
     ClientConnection,
     FrameDecoder,
@@ -23,12 +24,13 @@ from protocol import (
     HandshakeComplete,
     Kex,
     ProtocolError,
+    RemoteProtocolError,
     ServerConnection,
     State,
     encode_frame,
 )
 from protocol.constants import SUITES, ContentType
-from protocol.frames import Frame, check_header
+from protocol.frames import Frame, check_expected, check_header
 from protocol.keyschedule import KeySchedule
 from protocol.messages import (
     Alert,
@@ -150,6 +152,16 @@ def test_alert_reason_is_cut_to_255_bytes_of_utf8() -> None:
     payload = Alert(10, "\u00e9" * 200).encode()
     assert payload[:2] == b"\x0a\xfe"  # 127 two-byte characters, not 255 bytes mid-character
     assert Alert.decode(payload) == Alert(10, "\u00e9" * 127)
+
+
+def test_check_expected_without_a_state_allows_every_type() -> None:
+    """None (a dissector, no state machine) allows any type; a set allows only its members."""
+    for frame_type in FrameType:
+        check_expected(frame_type, None)
+        check_expected(frame_type, {frame_type})
+    with pytest.raises(RemoteProtocolError, match="RECORD not expected now") as refused:
+        check_expected(FrameType.RECORD, {FrameType.CLIENT_HELLO})
+    assert refused.value.alert is AlertCode.UNEXPECTED_MESSAGE
 
 
 def test_encode_frame_refuses_oversized_payloads() -> None:

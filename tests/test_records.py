@@ -40,9 +40,10 @@ from protocol import (
     State,
     parse_keylog,
 )
-from protocol.constants import SUITES
+from protocol.constants import MIN_RECORD_PAYLOAD, SUITES
 from protocol.keyschedule import KeySchedule, keylog_lines
-from protocol.records import RecordReceiver, RecordSender
+from protocol.records import RecordReceiver, RecordSender, read_record, record_seq
+from protocol.wire import FieldLog, Reader
 
 # Suite parameters written out from the §2 table, not read from protocol/.
 SPEC_SUITES = {
@@ -225,14 +226,40 @@ def test_seal_refuses_to_pass_the_threshold() -> None:
         receiver.open(sender.seal(ContentType.APPLICATION_DATA, bytes([i]))[8:])
     assert flags == [False, False, False, True]  # only one record left at seq 3
     assert sender.needs_update
-    with pytest.raises(LocalProtocolError, match="record sequence exhausted") as refused:
+    with pytest.raises(LocalProtocolError) as refused:
         sender.seal(ContentType.APPLICATION_DATA, b"one too many")
     assert refused.value.alert is AlertCode.INTERNAL_ERROR
+    assert refused.value.reason == "record sequence exhausted without a key update"
     assert sender.seq == 4  # nothing was sealed
     sender.update()
     receiver.update()
     assert not sender.needs_update
     assert receiver.open(sender.seal(ContentType.APPLICATION_DATA, b"ok")[8:])[1] == b"ok"
+
+
+# --------------------------------------------------------------------------- the smallest record
+
+
+def test_the_smallest_record_is_an_empty_content_and_its_type() -> None:
+    """25 bytes (seq, one encrypted type byte, tag) is a record; 24 is not (§6)."""
+    sender, receiver = pair_of(CipherSuite.AES_128_GCM_SHA256, bytes(32))
+    first = sender.seal(ContentType.APPLICATION_DATA, b"first")[8:]
+    payload = sender.seal(ContentType.APPLICATION_DATA, b"")[8:]
+    assert len(payload) == MIN_RECORD_PAYLOAD == 25
+    log = FieldLog()
+    assert read_record(Reader(payload, "RECORD", log), len(payload)) == 1
+    assert [(f.name, len(f.data)) for f in log.spans] == [
+        ("seq", 8),
+        ("ciphertext", 1),
+        ("tag", 16),
+    ]
+    assert record_seq(payload) == 1
+    assert record_seq(memoryview(payload)) == 1
+    assert record_seq(payload[:-1]) is None
+    with pytest.raises(RemoteProtocolError, match="RECORD payload of 24 bytes is under 25"):
+        read_record(Reader(payload[:-1], "RECORD"), len(payload) - 1)
+    receiver.open(first)
+    assert receiver.open(payload) == (ContentType.APPLICATION_DATA, b"")
 
 
 # --------------------------------------------------------------------------- threshold on connections
