@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +26,7 @@ from mitm import MitmOptions, MitmProxy, Tally, Tamper
 from oob import DEFAULT_PSK_WAIT, MqttSettings, OobError, SasForger, ServerChannel
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
 from protocol.kex import ServerPrivateKey
+from transport.signals import stop_on_signals
 
 from .errors import fail
 from .options import (
@@ -318,18 +317,10 @@ async def _serve(listen: tuple[str, int], options: MitmOptions, tamper: Tamper |
     upstream = f"{options.upstream[0]}:{options.upstream[1]}"
     out(f"mitm listening on {host}:{port}, upstream {upstream}, {mode}")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
     try:
-        await stop.wait()
+        with stop_on_signals(stop):
+            await stop.wait()
     finally:
-        for sig in handled:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
         await proxy.stop()
     return proxy.tally
 

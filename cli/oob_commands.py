@@ -11,8 +11,6 @@ Register them in ``cli/main.py``::
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from typing import Annotated
 
 import typer
@@ -40,6 +38,7 @@ from oob import (
     publish_psk,
 )
 from oob.broker import DEFAULT_HOST, DEFAULT_PORT
+from transport.signals import stop_on_signals
 
 
 def broker(
@@ -62,14 +61,7 @@ def broker(
 
 async def _serve(host: str, port: int) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # Only the main thread may handle signals (tests run commands in threads too).
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
+    with stop_on_signals(stop):
         async with EmbeddedBroker(host, port) as running:
             _say(f"kexlab broker: listening on {running.url} (embedded amqtt)")
             _say(
@@ -83,9 +75,6 @@ async def _serve(host: str, port: int) -> None:
                 )
             await stop.wait()
         _say("kexlab broker: stopped")
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def _check_identity(value: str | None) -> str | None:

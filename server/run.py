@@ -7,13 +7,10 @@ here knows the command line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import math
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +29,7 @@ from keystore import (
 from oob.payloads import psk_filter
 from protocol import KEX_NAMES, METHODS, Kex, KexlabError
 from protocol.kex import ServerPrivateKey
+from transport.signals import stop_on_signals
 
 from .log import ServerLog
 from .oob import ServerOob
@@ -124,18 +122,10 @@ async def serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None =
     if mqtt is not None:
         _announce(mqtt, options, shown, log)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
     try:
-        await srv.serve_until(stop)
+        with stop_on_signals(stop):
+            await srv.serve_until(stop)
     finally:
-        for sig in handled:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
         if mqtt is not None:
             await mqtt.stop()
     log.emit("stopped", connections_closed=len(srv.streams) == 0)
