@@ -26,7 +26,7 @@ from capture.decrypt import (
 from cli.errors import fail
 from cli.options import input_file
 from cli.page_options import capture_pages, html_dir
-from cli.parsing import parse_psk, psk_notes
+from cli.parsing import check_psks, parse_psk, psk_notes
 from explain.console import error_line
 
 PREVIEW_CHARS = 60
@@ -122,12 +122,6 @@ def render_report(console: Console, report: DecryptReport) -> None:
             console.print(session_table(session))
 
 
-def _check_psks(values: list[str] | None) -> list[str] | None:
-    for spec in values or []:
-        parse_psk(spec)
-    return values
-
-
 def decrypt(
     capture: Annotated[
         Path,
@@ -154,7 +148,7 @@ def decrypt(
         typer.Option(
             "--psk",
             metavar="IDENTITY=HEX",
-            callback=_check_psks,
+            callback=check_psks,
             help="A pre-shared key as IDENTITY=HEX, or the key in base64 as an eavesdropper"
             " sees it on MQTT (repeatable).",
         ),

@@ -69,6 +69,13 @@ def parse_psk(spec: str) -> tuple[str, bytes]:
         raise typer.BadParameter(str(exc)) from None
 
 
+def check_psks(values: list[str] | None) -> list[str] | None:
+    """Callback of a repeatable ``--psk``: each one must parse (usage error otherwise)."""
+    for spec in values or []:
+        parse_psk(spec)
+    return values
+
+
 def psk_notes(specs: Sequence[str]) -> list[str]:
     """One line per ``--psk`` whose key was read as base64, to say so (after parse_psk)."""
     notes = (psk_note(read_psk_spec(spec)) for spec in specs)

@@ -46,7 +46,7 @@ from .page_options import (
     seed_of,
     seeded,
 )
-from .parsing import parse_kex_list, parse_listen_host, parse_psk, psk_notes
+from .parsing import check_psks, parse_kex_list, parse_listen_host, psk_notes
 from .psk_options import PskFileOption, env_psks, given_psks, warn_about
 from .server_limits import (
     DEFAULTS,
@@ -77,12 +77,6 @@ def _check_log_format(value: str) -> str:
 def _check_kex(value: str) -> str:
     parse_kex_list(value)
     return value
-
-
-def _check_psks(values: list[str] | None) -> list[str] | None:
-    for spec in values or []:
-        parse_psk(spec)
-    return values
 
 
 def server(
@@ -139,7 +133,7 @@ def server(
         typer.Option(
             "--psk",
             metavar="IDENTITY=HEX",
-            callback=_check_psks,
+            callback=check_psks,
             help="A pre-shared key handed over out of band; the key in hex, or in base64 as"
             " the MQTT channel carries it (repeatable; shows in the process list: prefer"
             " --psk-file).",
