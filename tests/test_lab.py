@@ -344,13 +344,13 @@ def test_published_port_only_when_asked(lab: Lab, tmp_path: Path) -> None:
 def test_keys_survive_down_and_up(lab: Lab) -> None:
     lab.up()
     created = [ln for ln in lab.logs("server") if ln.startswith(("key-created:", "key: role=rsa"))]
-    fingerprint = re.search(r"sha256=([0-9a-f]{64})", created[0])
+    fingerprint = re.search(r"SHA256:([0-9a-f]{64})", created[0])
     assert fingerprint, created
     lab.compose("down", files=ALL_FILES)
     lab.up()
     log = lab.logs("server")
     assert not [ln for ln in log if ln.startswith("key-created:")]
-    assert f"key: role=rsa sha256={fingerprint[1]}" in "\n".join(log)
+    assert f"key: role=rsa SHA256:{fingerprint[1]} " in "\n".join(log)
     session = lab.client("--kex", "dhe", "--send", "same key")  # tofu: known_hosts must match
     assert session.proc.returncode == 0, session.proc
     assert "first use" not in session.proc.stderr and lab.server_saw(session)

@@ -194,14 +194,27 @@ async def flood_and_measure(srv: KexlabServer, count: int) -> int:
     attacker = await handshaken(srv.address[1], rcvbuf=4096)
     (served,) = srv.streams
     served.extra("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    taken = [0]  # events the server took: its progress through the flood
+    chained = served.on_event
+
+    def took(event: object) -> None:
+        taken[0] += 1
+        if chained is not None:
+            chained(event)
+
+    served.on_event = took
     try:
         assert await key_update_flood(attacker, count) == count
-        last = -1
-        while served.write_buffer_size != last:  # until the server answered all it will
-            last = served.write_buffer_size
-            await asyncio.sleep(0.3)
+        # Until the server answered all it will: neither its progress nor what it holds
+        # moved for 0.3 s. (The buffer alone stays at 0 while the attacker's pump still
+        # reads the first answers, which on a loaded machine can outlast one look.)
+        last: tuple[int, int] = (-1, -1)
+        async with asyncio.timeout(60):
+            while (now := (taken[0], served.write_buffer_size)) != last:
+                last = now
+                await asyncio.sleep(0.3)
         assert served.conn.state.name == "CONNECTED"
-        return last
+        return last[1]
     finally:
         assert attacker.transport is not None
         attacker.transport.abort()
