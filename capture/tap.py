@@ -104,3 +104,26 @@ class PcapTap:
             self._writer.close()
         if self._on_error is not None:
             self._on_error(f"capture stopped: {_reason(exc)}")
+
+
+def tap_connection(
+    writer: PcapWriter | None,
+    extra: Callable[[str], Any],
+    *,
+    initiated_by_local: bool,
+    on_error: ErrorHook | None = None,
+) -> PcapTap | None:
+    """A tap for one connection, or None without ``--pcap`` (or once the capture stopped).
+
+    ``extra`` is the transport's ``get_extra_info`` (``KxpStream.extra``): it names the
+    socket's two ends.
+    """
+    if writer is None or writer.closed:
+        return None
+    return PcapTap(
+        writer,
+        extra("sockname"),
+        extra("peername"),
+        initiated_by_local=initiated_by_local,
+        on_error=on_error,
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from capture.pcap import PcapWriter
-from capture.tap import ErrorHook, PcapTap
+from capture.tap import ErrorHook, PcapTap, tap_connection
 from protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PORT,
@@ -128,15 +128,10 @@ class ClientSession:
         stream = await KxpStream.connect(
             options.host, options.port, conn, timeout=options.timeout, on_event=on_event
         )
-        tap = None
-        if options.pcap is not None and not options.pcap.closed:
-            tap = PcapTap(
-                options.pcap,
-                stream.extra("sockname"),
-                stream.extra("peername"),
-                initiated_by_local=True,
-                on_error=options.on_pcap_error,
-            )
+        tap = tap_connection(
+            options.pcap, stream.extra, initiated_by_local=True, on_error=options.on_pcap_error
+        )
+        if tap is not None:
             stream.on_bytes = tap.on_bytes  # nothing is sent before the handshake starts
         try:
             hc = await stream.do_handshake(options.timeout)

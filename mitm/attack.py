@@ -24,12 +24,11 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from capture.pcap import PcapWriter
-from capture.tap import PcapTap
+from capture.tap import PcapTap, tap_connection
 from explain.console import describe_error
 from explain.words import preview
 from protocol import (
@@ -234,7 +233,7 @@ class Interception:
             host, port, ClientConnection(config), timeout=self.options.timeout
         )
         self.server_leg = stream
-        self.taps.append(tap_stream(self.options.pcap, stream.extra, initiated_by_local=True))
+        self.taps.append(tap_connection(self.options.pcap, stream.extra, initiated_by_local=True))
         stream.on_bytes = self.taps[-1].on_bytes if self.taps[-1] is not None else None
         try:
             return await stream.do_handshake(self.options.timeout)
@@ -317,17 +316,6 @@ class Interception:
         for old, new in self.options.rewrites:
             record = record.replace(old, new)
         return record
-
-
-def tap_stream(
-    pcap: PcapWriter | None, extra: Callable[[str], Any], *, initiated_by_local: bool
-) -> PcapTap | None:
-    """Record one leg in ``pcap`` (None without --pcap); ``extra`` reads the socket's names."""
-    if pcap is None or pcap.closed:
-        return None
-    return PcapTap(
-        pcap, extra("sockname"), extra("peername"), initiated_by_local=initiated_by_local
-    )
 
 
 async def close_quietly(stream: KxpStream | None) -> None:

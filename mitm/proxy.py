@@ -13,11 +13,12 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from capture.tap import tap_connection
 from explain.console import describe_error
 from protocol import ServerConnection
 from transport import KxpStream, start_server
 
-from .attack import Interception, MitmOptions, Report, Verdict, close_quietly, tap_stream
+from .attack import Interception, MitmOptions, Report, Verdict, close_quietly
 from .relay import Tamper, TamperingRelay
 
 LISTEN_BACKLOG = 128
@@ -105,7 +106,7 @@ class MitmProxy:
         number = self._arrived(stream.extra("peername"))
         interception = Interception(number, stream, self.options, self.report)
         stream.psk_provider = interception.psk_for  # every PSK identity is asked of the attacker
-        tap = tap_stream(self.options.pcap, stream.extra, initiated_by_local=False)
+        tap = tap_connection(self.options.pcap, stream.extra, initiated_by_local=False)
         if tap is not None:
             stream.on_bytes = tap.on_bytes
         interception.taps.append(tap)

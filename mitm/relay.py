@@ -26,7 +26,7 @@ import enum
 from dataclasses import dataclass, field
 
 from capture.pcap import PcapWriter
-from capture.tap import PcapTap
+from capture.tap import PcapTap, tap_connection
 from protocol import (
     CipherSuite,
     FrameDecoder,
@@ -40,7 +40,7 @@ from protocol.constants import SEQ_LEN
 from protocol.frames import Frame
 from protocol.messages import Alert, ClientHello, ServerHello
 
-from .attack import Report, Verdict, tap_stream
+from .attack import Report, Verdict
 
 READ_SIZE = 65536
 
@@ -106,8 +106,8 @@ class TamperingRelay:
             writer.close()
             self.say(reason)
             return Verdict(False, f"FAILED: {reason}")
-        client_tap = tap_stream(self.pcap, writer.get_extra_info, initiated_by_local=False)
-        server_tap = tap_stream(self.pcap, up_writer.get_extra_info, initiated_by_local=True)
+        client_tap = tap_connection(self.pcap, writer.get_extra_info, initiated_by_local=False)
+        server_tap = tap_connection(self.pcap, up_writer.get_extra_info, initiated_by_local=True)
         legs = [
             self._pipe(reader, up_writer, _Direction("client → server", (client_tap, server_tap))),
             self._pipe(up_reader, writer, _Direction("server → client", (server_tap, client_tap))),

@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from capture.pcap import PcapWriter
-from capture.tap import PcapTap
+from capture.tap import PcapTap, tap_connection
 from protocol import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PORT,
@@ -353,12 +353,9 @@ class KexlabServer:
 
     def _tap(self, stream: KxpStream, peer: str) -> PcapTap | None:
         """This connection's flow in the ``--pcap`` file (the client sent the SYN)."""
-        if self.options.pcap is None or self.options.pcap.closed:
-            return None
-        return PcapTap(
+        return tap_connection(
             self.options.pcap,
-            stream.extra("sockname"),
-            stream.extra("peername"),
+            stream.extra,
             initiated_by_local=False,
             on_error=lambda reason: self._log("pcap-error", peer, reason=reason),
         )
