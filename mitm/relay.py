@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -223,14 +224,7 @@ class TamperingRelay:
         if ch.cipher_suite != CipherSuite.AES_256_GCM_SHA384:
             self.say("client → server: CLIENT_HELLO already asks for AES-128: nothing to downgrade")
             return frame.encode()
-        weaker = ClientHello(
-            ch.random,
-            ch.kex,
-            CipherSuite.AES_128_GCM_SHA256,
-            ch.group,
-            ch.key_share,
-            ch.psk_identity,
-        )
+        weaker = dataclasses.replace(ch, cipher_suite=CipherSuite.AES_128_GCM_SHA256)
         self._changed("rewrote CLIENT_HELLO's cipher suite from aes256 to aes128")
         return encode_frame(FrameType.CLIENT_HELLO, weaker.encode())
 
@@ -242,7 +236,7 @@ class TamperingRelay:
         if not sh.server_key:
             self.say("server → client: SERVER_HELLO carries no key: nothing to strip")
             return frame.encode()
-        bare = ServerHello(sh.random, sh.kex, sh.cipher_suite, sh.group, sh.key_share, b"")
+        bare = dataclasses.replace(sh, server_key=b"")
         self._changed("stripped the server's key from SERVER_HELLO")
         return encode_frame(FrameType.SERVER_HELLO, bare.encode())
 
