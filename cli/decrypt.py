@@ -28,6 +28,7 @@ from cli.options import input_file
 from cli.page_options import capture_pages, html_dir
 from cli.parsing import check_psks, parse_psk, psk_notes
 from explain.console import error_line
+from transport.address import host_port
 
 PREVIEW_CHARS = 60
 
@@ -50,15 +51,10 @@ def preview(record: Record, limit: int = PREVIEW_CHARS) -> str:
     return shown
 
 
-def _endpoint(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def session_heading(index: int, session: Session) -> str:
     """``session N: client → server  method``: the line above everything said of a session."""
     method = "/".join(p for p in (session.kex, session.group, session.cipher_suite) if p != "none")
-    return f"session {index}: {_endpoint(session.client)} → {_endpoint(session.server)}  {method}"
+    return f"session {index}: {host_port(*session.client)} → {host_port(*session.server)}  {method}"
 
 
 def session_table(session: Session) -> Table:

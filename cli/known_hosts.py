@@ -13,6 +13,7 @@ import typer
 
 from explain.console import out
 from keystore import KeyFileError, KnownHosts, known_hosts_path, long_fingerprint
+from transport.address import host_port
 
 from .errors import HELP_MARKUP, KexlabCommand, fail
 from .parsing import parse_address
@@ -25,8 +26,7 @@ known_hosts_app = typer.Typer(
 
 
 def _host_port(text: str) -> str:
-    host, port = parse_address(text)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(*parse_address(text))
 
 
 @known_hosts_app.command("list", cls=KexlabCommand)

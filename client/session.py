@@ -29,6 +29,7 @@ from protocol import (
 )
 from protocol.kex import RandomSource
 from transport import ConnectionLost, EventHook, KxpStream
+from transport.address import host_port
 from transport.control import (
     FILE_CHUNK,
     OP_FILE,
@@ -76,8 +77,7 @@ class ClientOptions:
     @property
     def address(self) -> str:
         """host:port as the known_hosts file keys it (IPv6 in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def config(self) -> ClientConfig:
         """The protocol core's configuration (ValueError for a proposal that cannot work)."""

@@ -49,6 +49,7 @@ from protocol import (
 )
 from protocol.kex import ServerPrivateKey, available_groups
 from transport import ConnectionLost, KxpStream
+from transport.address import host_port
 
 CLOSE_WAIT = 2.0
 """Seconds the other leg has to answer our close_notify once one end has closed."""
@@ -212,8 +213,7 @@ class Interception:
 
     @property
     def _upstream(self) -> str:
-        host, port = self.options.upstream
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port(*self.options.upstream)
 
     async def _open_server_leg(self, client_hc: HandshakeComplete) -> HandshakeComplete:
         """The same proposal as the client's, to the real server, with the same client_random."""

@@ -29,6 +29,7 @@ from keystore import (
 from oob.payloads import psk_filter
 from protocol import KEX_NAMES, METHODS, Kex, KexlabError
 from protocol.kex import ServerPrivateKey
+from transport.address import host_port
 from transport.signals import stop_on_signals
 
 from .log import ServerLog
@@ -108,7 +109,7 @@ async def serve(options: ServerOptions, log: ServerLog, mqtt: ServerOob | None =
         host, port = await srv.start()
     except OSError as exc:
         raise listen_error(options.host, options.port, exc) from None
-    shown = _address(host, port)
+    shown = host_port(host, port)
     methods = ",".join(KEX_NAMES[k] for k in sorted(options.kex_methods))
     log.emit(
         "listening",
@@ -153,13 +154,8 @@ def listen_error(host: str, port: int, exc: OSError) -> ListenError:
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         hint = _LISTEN_HINTS.get(exc.errno or 0, "")
     return ListenError(
-        f"cannot listen on {_address(host, port)}: {reason}" + (f"; {hint}" if hint else "")
+        f"cannot listen on {host_port(host, port)}: {reason}" + (f"; {hint}" if hint else "")
     )
-
-
-def _address(host: str, port: int) -> str:
-    """host:port, an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.parsing import address_note, parse_address, parse_listen_host
+from transport.address import host_port
 
 pytestmark = pytest.mark.usefixtures("home")
 runner = CliRunner()
@@ -135,3 +136,17 @@ def test_listen_host_takes_no_port() -> None:
     result = runner.invoke(app, ["server", "--host", "127.0.0.1:9700"])
     assert result.exit_code == 2
     assert "(--host takes no port: use --port)" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "shown"),
+    [
+        ("127.0.0.1", 9700, "127.0.0.1:9700"),
+        ("localhost", 1, "localhost:1"),
+        ("::1", 9701, "[::1]:9701"),
+        ("fe80::1%lo", 9700, "[fe80::1%lo]:9700"),
+    ],
+)
+def test_host_port_puts_ipv6_in_brackets_and_reads_back(host: str, port: int, shown: str) -> None:
+    assert host_port(host, port) == shown
+    assert parse_address(shown) == (host, port)

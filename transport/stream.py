@@ -56,6 +56,7 @@ from protocol import (
     State,
 )
 
+from .address import host_port
 from .errors import ConnectionLost, TransportError, os_reason
 
 ByteHook = Callable[[str, bytes], None]
@@ -179,7 +180,7 @@ class KxpStream(asyncio.Protocol):
         info = transport.get_extra_info("peername")
         if info:
             host, port = info[0], info[1]
-            self._peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self._peer = host_port(host, port)
         if self._handler is not None:
             self._task = self._loop.create_task(self._handler(self))
             self._task.add_done_callback(self._handler_done)

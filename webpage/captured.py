@@ -21,6 +21,7 @@ from protocol.events import FrameTraced
 from protocol.keyschedule import TrafficKeys, sas_display
 from protocol.messages import ClientHello
 from protocol.methods import METHODS
+from transport.address import host_port
 
 from .claims import claims
 from .model import Leg, Party, Step, Story
@@ -28,11 +29,6 @@ from .schedule import Known, ScheduleBuilder, Transcript
 from .steps import StepLog, make_step
 
 _CONTENT = {c.name.lower(): c for c in ContentType}
-
-
-def _endpoint(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class CaptureAnnotator(Annotator):
@@ -224,8 +220,8 @@ def session_story(session: Session, source: str) -> Story:
     """The page of one session."""
     leg = _Leg(1, session, "client", "server")
     parties = [
-        Party("client", f"client {_endpoint(session.client)}"),
-        Party("server", f"server {_endpoint(session.server)}"),
+        Party("client", f"client {host_port(*session.client)}"),
+        Party("server", f"server {host_port(*session.server)}"),
     ]
     method = "/".join(p for p in (session.kex, session.group, session.cipher_suite) if p != "none")
     return _story([leg], parties, f"kexlab {method} session, from a capture", source)
@@ -235,12 +231,12 @@ def mitm_story(first: Session, second: Session, source: str) -> Story:
     """The page of a man in the middle: ``first`` faces the client, ``second`` the server."""
     legs = [_Leg(1, first, "client", "attacker"), _Leg(2, second, "attacker", "server")]
     parties = [
-        Party("client", f"client {_endpoint(first.client)}"),
+        Party("client", f"client {host_port(*first.client)}"),
         Party(
             "attacker",
-            f"attacker {_endpoint(first.server)} · {_endpoint(second.client)}",
+            f"attacker {host_port(*first.server)} · {host_port(*second.client)}",
         ),
-        Party("server", f"server {_endpoint(second.server)}"),
+        Party("server", f"server {host_port(*second.server)}"),
     ]
     story = _story(legs, parties, "kexlab session through a man in the middle", source)
     story.notes.append(_mitm_verdict(first, second))
