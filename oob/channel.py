@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiomqtt
-
 from protocol.constants import MIN_PSK_LEN
 
 from .payloads import (
@@ -31,7 +29,14 @@ from .payloads import (
     parse_fingerprint,
     psk_topic,
 )
-from .settings import CONNECT_TIMEOUT, BrokerUnavailable, MqttSettings, OobTimeout, connect
+from .settings import (
+    CONNECT_TIMEOUT,
+    BrokerUnavailable,
+    MqttSettings,
+    OobTimeout,
+    connect,
+    message_bytes,
+)
 
 log = logging.getLogger("kexlab.oob")
 
@@ -138,7 +143,7 @@ async def fetch_fingerprint(
                     if not message.topic.matches(topic):
                         continue  # amqtt may replay retained messages of other topics
                     try:
-                        return parse_fingerprint(server_id, _payload(message))
+                        return parse_fingerprint(server_id, message_bytes(message))
                     except MalformedPayload as exc:
                         log.warning("MQTT: ignored a malformed fingerprint on %s: %s", topic, exc)
     except TimeoutError:
@@ -158,7 +163,3 @@ def _no_answer(
     return BrokerUnavailable(
         f"MQTT broker {settings.describe()} unavailable: did not {what} within {timeout:g} s"
     )
-
-
-def _payload(message: aiomqtt.Message) -> bytes:
-    return message.payload if isinstance(message.payload, bytes) else b""

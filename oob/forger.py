@@ -30,7 +30,7 @@ from .payloads import (
     parse_sas_message,
     sas_topic,
 )
-from .settings import CONNECT_TIMEOUT, MqttSettings, connect
+from .settings import CONNECT_TIMEOUT, MqttSettings, connect, message_bytes
 
 log = logging.getLogger("kexlab.oob")
 
@@ -133,7 +133,7 @@ class SasForger:
     async def _read(self) -> None:
         assert self._client is not None
         async for message in self._client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
+            payload = message_bytes(message)
             if payload in self._ours:
                 continue  # our own forgery, coming back
             *_, random_hex, role = str(message.topic).split("/")

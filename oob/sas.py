@@ -33,7 +33,14 @@ from .payloads import (
     sas_equal,
     sas_topic,
 )
-from .settings import CONNECT_TIMEOUT, BrokerUnavailable, MqttSettings, OobTimeout, connect
+from .settings import (
+    CONNECT_TIMEOUT,
+    BrokerUnavailable,
+    MqttSettings,
+    OobTimeout,
+    connect,
+    message_bytes,
+)
 
 log = logging.getLogger("kexlab.oob")
 
@@ -146,7 +153,7 @@ async def _collect(
                 _warn(KIND_RETAINED, f"ignored a retained message on {peer_topic}")
                 continue
             try:
-                got = parse_sas_message(_payload(message))
+                got = parse_sas_message(message_bytes(message))
             except MalformedPayload as exc:
                 _warn(exc.kind, f"ignored a malformed SAS on {peer_topic}: {exc}")
                 continue
@@ -230,7 +237,3 @@ def _warn(kind: str, line: str) -> None:
         log.warning("MQTT: ignored %s on SAS topics (%s)", summary.tail(), summary.kind)
     if _warnings.allow(kind):
         log.warning("MQTT: %s", line)
-
-
-def _payload(message: aiomqtt.Message) -> bytes:
-    return message.payload if isinstance(message.payload, bytes) else b""

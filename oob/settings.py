@@ -241,3 +241,9 @@ async def connect(
             await client.__aexit__(None, None, None)
     finally:
         settle_disconnect(client)
+
+
+def message_bytes(message: aiomqtt.Message) -> bytes:
+    """A received message's payload as bytes (aiomqtt also types it str, int, float or None;
+    what the broker hands us is bytes, and anything else reads as empty)."""
+    return message.payload if isinstance(message.payload, bytes) else b""

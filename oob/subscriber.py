@@ -31,7 +31,7 @@ from .payloads import (
     psk_filter,
 )
 from .psk_table import Admission, PskTable
-from .settings import CONNECT_TIMEOUT, MqttSettings, OobError, connect
+from .settings import CONNECT_TIMEOUT, MqttSettings, OobError, connect, message_bytes
 
 log = logging.getLogger("kexlab.oob")
 
@@ -222,7 +222,7 @@ class ServerChannel:
 
     def _take(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
-        payload = message.payload if isinstance(message.payload, bytes) else b""
+        payload = message_bytes(message)
         if message.retain:
             # §8 never retains a PSK: a retained one was planted, and would come back at
             # every resubscribe (with expires_at far in the future, forever).
