@@ -55,6 +55,7 @@ from .page_options import (
 )
 from .parsing import (
     address_note,
+    check_address,
     parse_address,
     parse_group,
     parse_kex,
@@ -66,11 +67,6 @@ from .psk_options import PskFileOption, env_psks, given_psks, warn_about
 
 DEFAULT_GROUP = "x25519"
 DEFAULT_TRUST = "tofu"
-
-
-def _check_address(value: str) -> str:
-    parse_address(value)
-    return value
 
 
 def _check_kex(value: str | None) -> str | None:
@@ -101,7 +97,7 @@ def client(
         str,
         typer.Argument(
             metavar="HOST[:PORT]",
-            callback=_check_address,
+            callback=check_address,
             help="The server: 127.0.0.1, 127.0.0.1:9701, localhost:9701, ::1 or [::1]:9701"
             " (port 9700 unless given; an IPv6 address with a port needs the brackets).",
         ),

@@ -40,17 +40,12 @@ from .options import (
     mqtt_options_need_oob,
     mqtt_settings,
 )
-from .parsing import parse_address
+from .parsing import check_address, parse_address
 
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT + 1}"
 DEFAULT_UPSTREAM = f"127.0.0.1:{DEFAULT_PORT}"
 FORGE_WAIT = 1.0
 """Seconds to wait for a side to publish its SAS (one that does not compare publishes none)."""
-
-
-def _check_address(value: str) -> str:
-    parse_address(value)
-    return value
 
 
 def _check_rewrites(values: list[str] | None) -> list[str] | None:
@@ -70,13 +65,13 @@ def mitm(
     listen: Annotated[
         str,
         typer.Option(
-            metavar="HOST:PORT", callback=_check_address, help="Where victims connect to us."
+            metavar="HOST:PORT", callback=check_address, help="Where victims connect to us."
         ),
     ] = DEFAULT_LISTEN,
     upstream: Annotated[
         str,
         typer.Option(
-            metavar="HOST:PORT", callback=_check_address, help="The real server we connect to."
+            metavar="HOST:PORT", callback=check_address, help="The real server we connect to."
         ),
     ] = DEFAULT_UPSTREAM,
     rsa_key: Annotated[

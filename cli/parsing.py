@@ -117,6 +117,12 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def check_address(value: str) -> str:
+    """Callback of an address option: it must parse as ``parse_address`` reads it."""
+    parse_address(value)
+    return value
+
+
 def address_note(text: str) -> str | None:
     """A note when ``text`` is an IPv6 address whose last group looks like a port.
 
