@@ -21,7 +21,14 @@ from rich.table import Table
 
 from capture.tap import CaptureFileError, close_pcap, open_pcap
 from explain.console import describe_error, out
-from keystore import KeyFileError, data_dir, ensure_server_keys, fingerprint, load_private_key
+from keystore import (
+    KeyFileError,
+    data_dir,
+    ensure_server_keys,
+    fingerprint,
+    load_private_key,
+    load_rsa_private_key,
+)
 from mitm import MitmOptions, MitmProxy, Tally, Tamper
 from oob import DEFAULT_PSK_WAIT, MqttSettings, OobError, SasForger, ServerChannel
 from protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PORT
@@ -267,9 +274,7 @@ def _keys(
 ) -> tuple[rsa.RSAPrivateKey, ServerPrivateKey | None]:
     """The attacker's own keys: never the real server's (it does not have them)."""
     if rsa_path is not None:
-        key = load_private_key(rsa_path)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise KeyFileError(f"{rsa_path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
+        key = load_rsa_private_key(rsa_path)
     else:
         keys = ensure_server_keys(data_dir() / "mitm")
         key = keys.rsa_key

@@ -208,6 +208,14 @@ def load_private_key(path: Path, *, own: bool = True) -> PrivateKey:
     return key
 
 
+def load_rsa_private_key(path: Path) -> rsa.RSAPrivateKey:
+    """``load_private_key``, refusing any key but RSA (``--rsa-key``: RSA-OAEP transport)."""
+    key = load_private_key(path)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyFileError(f"{path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
+    return key
+
+
 def load_public_key(path: Path) -> PublicKey:
     """An RSA or Ed25519 public key from SPKI PEM or DER (also PKCS#1 PEM and OpenSSH)."""
     path = Path(path)

@@ -19,11 +19,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keystore import (
-    KeyFileError,
     data_dir,
     ensure_server_keys,
     fingerprint,
     load_private_key,
+    load_rsa_private_key,
     long_fingerprint,
 )
 from oob.payloads import psk_filter
@@ -57,12 +57,12 @@ def server_options(
     signs = any(METHODS[k].server_signs for k in methods) and not anonymous
     needs_rsa = transport or (signs and sign_path is None)  # the RSA key signs by default
     if rsa_path is not None:
-        key = load_private_key(rsa_path)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise KeyFileError(f"{rsa_path} is not an RSA key (--rsa-key needs RSA >= 2048 bits)")
-        rsa_key = key
+        rsa_key = load_rsa_private_key(rsa_path)
         log.emit(
-            "key", role="rsa", fingerprint=long_fingerprint(fingerprint(key)), path=str(rsa_path)
+            "key",
+            role="rsa",
+            fingerprint=long_fingerprint(fingerprint(rsa_key)),
+            path=str(rsa_path),
         )
     elif needs_rsa:
         keys = ensure_server_keys(data_dir())
