@@ -149,8 +149,8 @@ class TamperingRelay:
                         tx.on_bytes("sent", out)
                     writer.write(out)
                     await writer.drain()
-        except (OSError, ConnectionError):
-            pass
+        except OSError:
+            pass  # a reset or a broken pipe ends this direction like an EOF
         finally:
             with contextlib.suppress(Exception):
                 if writer.can_write_eof():
