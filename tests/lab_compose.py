@@ -165,6 +165,22 @@ class Lab:
             time.sleep(0.5)
         return state
 
+    def health(self, service: str) -> str:
+        """The container's healthcheck status ("starting", "healthy", "unhealthy")."""
+        cid = self.compose("ps", "-q", service).stdout.strip()
+        fmt = "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}"
+        return subprocess.run(
+            ["docker", "inspect", "-f", fmt, cid], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    def wait_health(self, service: str, status: str = "healthy", timeout: float = 30) -> None:
+        """Wait until Docker's healthcheck gives ``status`` (``run`` refuses while unhealthy)."""
+        deadline = time.monotonic() + timeout
+        while (health := self.health(service)) != status:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{service} is {health!r}, never {status!r}")
+            time.sleep(0.5)
+
     def client(
         self, *args: str, deps: bool = True, timeout: float = 90, files: tuple[str, ...] = FILES
     ) -> Session:
