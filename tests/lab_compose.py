@@ -115,9 +115,10 @@ class Lab:
         return proc
 
     def up(self, *services: str, **env: str) -> None:
-        """``up -d``, then wait until the server is subscribed and the sniffer listens."""
+        """``up -d``, then wait until the server is subscribed and healthy, the sniffer listens."""
         self.compose("up", "-d", *services, timeout=300, **env)
         self.wait_log("server", "oob: MQTT: subscribed to", timeout=60)
+        self.wait_health("server", timeout=60)  # a ``run`` with deps refuses an unhealthy one
         if not services or "sniffer" in services:
             self.wait_log("sniffer", "listening on any", timeout=60)
 
