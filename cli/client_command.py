@@ -55,7 +55,7 @@ from .page_options import (
 )
 from .parsing import (
     address_note,
-    check_address,
+    checks,
     parse_address,
     parse_group,
     parse_kex,
@@ -69,35 +69,12 @@ DEFAULT_GROUP = "x25519"
 DEFAULT_TRUST = "tofu"
 
 
-def _check_kex(value: str | None) -> str | None:
-    if value is not None:
-        parse_kex(value)
-    return value
-
-
-def _check_group(value: str | None) -> str | None:
-    if value is not None:
-        parse_group(value)
-    return value
-
-
-def _check_suite(value: str) -> str:
-    parse_suite(value)
-    return value
-
-
-def _check_psk(value: str | None) -> str | None:
-    if value is not None:
-        parse_psk(value)
-    return value
-
-
 def client(
     address: Annotated[
         str,
         typer.Argument(
             metavar="HOST[:PORT]",
-            callback=check_address,
+            callback=checks(parse_address),
             help="The server: 127.0.0.1, 127.0.0.1:9701, localhost:9701, ::1 or [::1]:9701"
             " (port 9700 unless given; an IPv6 address with a port needs the brackets).",
         ),
@@ -106,7 +83,7 @@ def client(
         str | None,
         typer.Option(
             metavar="rsa|dhe|psk",
-            callback=_check_kex,
+            callback=checks(parse_kex),
             help="rsa, dhe or psk. Default: dhe, or psk when --psk is given.",
         ),
     ] = None,
@@ -114,7 +91,7 @@ def client(
         str | None,
         typer.Option(
             metavar="GROUP",
-            callback=_check_group,
+            callback=checks(parse_group),
             help="dhe group: x25519, secp256r1, secp384r1, ffdhe2048, ffdhe3072. Default: x25519.",
             show_default=False,
         ),
@@ -122,14 +99,16 @@ def client(
     suite: Annotated[
         str,
         typer.Option(
-            metavar="aes128|aes256", callback=_check_suite, help="Cipher suite: aes128 or aes256."
+            metavar="aes128|aes256",
+            callback=checks(parse_suite),
+            help="Cipher suite: aes128 or aes256.",
         ),
     ] = "aes256",
     psk: Annotated[
         str | None,
         typer.Option(
             metavar="IDENTITY=HEX",
-            callback=_check_psk,
+            callback=checks(parse_psk),
             help="The pre-shared key, as handed over out of band; the key in hex, or in"
             " base64 as the MQTT channel carries it. Shows in the process list: prefer"
             " --psk-file.",

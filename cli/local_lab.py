@@ -159,7 +159,7 @@ def local_lab(
 ) -> None:
     """Run the whole MQTT lab here, without Docker. Broker, eavesdropper, server and clients, labelled."""
     for taken, option in ((port, "--port"), (broker_port, "--broker-port")):
-        if not _port_free(taken):
+        if not port_free(taken):
             fail(f"port {taken} is in use on 127.0.0.1: choose another with {option}")
     if port == broker_port:
         raise typer.BadParameter("must differ from --port", param_hint="'--broker-port'")
@@ -189,7 +189,8 @@ def _stop_all() -> None:
     STARTED.clear()
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Nothing holds 127.0.0.1:port (bound as the lab's servers bind it)."""
     with socket.socket() as sock:
         # As the servers bind: a port whose last connections linger in TIME_WAIT is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

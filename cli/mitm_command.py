@@ -47,7 +47,7 @@ from .options import (
     mqtt_options_need_oob,
     mqtt_settings,
 )
-from .parsing import check_address, parse_address
+from .parsing import checks, parse_address
 
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT + 1}"
 DEFAULT_UPSTREAM = f"127.0.0.1:{DEFAULT_PORT}"
@@ -72,13 +72,15 @@ def mitm(
     listen: Annotated[
         str,
         typer.Option(
-            metavar="HOST:PORT", callback=check_address, help="Where victims connect to us."
+            metavar="HOST:PORT", callback=checks(parse_address), help="Where victims connect to us."
         ),
     ] = DEFAULT_LISTEN,
     upstream: Annotated[
         str,
         typer.Option(
-            metavar="HOST:PORT", callback=check_address, help="The real server we connect to."
+            metavar="HOST:PORT",
+            callback=checks(parse_address),
+            help="The real server we connect to.",
         ),
     ] = DEFAULT_UPSTREAM,
     rsa_key: Annotated[
@@ -185,22 +187,18 @@ def mitm(
         raise typer.BadParameter(
             "--anonymous and --sign-key exclude each other", param_hint="'--anonymous'"
         )
-    if forge_sas and oob is None:
-        raise typer.BadParameter(
-            "needs the MQTT out-of-band channel: add --oob mqtt://HOST:PORT",
-            param_hint="'--forge-sas'",
-        )
-    if forge_sas and relay:
-        raise typer.BadParameter(
-            "--relay holds no keys and knows no SAS to forge", param_hint="'--forge-sas'"
-        )
     mqtt_options_need_oob(
         oob,
         username=mqtt_username,
         password_file=mqtt_password_file,
         ca_file=mqtt_ca,
         server_id=server_id,
+        forge_sas=forge_sas,
     )
+    if forge_sas and relay:
+        raise typer.BadParameter(
+            "--relay holds no keys and knows no SAS to forge", param_hint="'--forge-sas'"
+        )
     listen_at, upstream_at = parse_address(listen), parse_address(upstream)
     settings = None
     if oob is not None:

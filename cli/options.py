@@ -190,6 +190,8 @@ def mqtt_options_need_oob(
     ca_file: Path | None = None,
     server_id: str | None = None,
     verify_sas: str | None = None,
+    psk_wait: float | None = None,
+    forge_sas: bool = False,
 ) -> None:
     """Usage error for an MQTT option given without ``--oob`` (it would silently do nothing)."""
     if verify_sas is not None and verify_sas != "mqtt":
@@ -204,6 +206,8 @@ def mqtt_options_need_oob(
         "--mqtt-ca": ca_file,
         "--server-id": server_id,
         "--verify-sas": verify_sas,
+        "--psk-wait": psk_wait,
+        "--forge-sas": True if forge_sas else None,
     }
     for name, value in given.items():
         if value is not None:

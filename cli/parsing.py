@@ -7,8 +7,8 @@ what would be right.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import typer
 
@@ -16,8 +16,11 @@ from keystore import parse_psk_spec, psk_note, read_psk_spec
 from protocol import GROUP_NAMES, KEX_NAMES, SUITE_NAMES, CipherSuite, Group, Kex
 from protocol.constants import DEFAULT_PORT
 
+T = TypeVar("T", bound=str | None)
+
 KEX_BY_NAME = {name: kex for kex, name in KEX_NAMES.items()}
 SUITE_BY_NAME = {name: suite for suite, name in SUITE_NAMES.items()}
+
 GROUP_BY_NAME: dict[str, Group] = {
     **{name: g for g, name in GROUP_NAMES.items() if g is not Group.NONE},
     "p256": Group.SECP256R1,
@@ -25,6 +28,21 @@ GROUP_BY_NAME: dict[str, Group] = {
     "p384": Group.SECP384R1,
     "p-384": Group.SECP384R1,
 }
+
+
+def checks(parse: Callable[[str], object]) -> Callable[[T], T]:
+    """An option's callback: a usage error for what ``parse`` refuses; the text passes on.
+
+    The command parses the text again where it needs the value; the callback only makes
+    the mistake a usage error that typer reports before anything runs.
+    """
+
+    def callback(value: T) -> T:
+        if value is not None:
+            parse(value)
+        return value
+
+    return callback
 
 
 def _choice(value: str, table: dict[str, Any], what: str, shown: Sequence[str] = ()) -> Any:
@@ -115,12 +133,6 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise typer.BadParameter(f"port {port_text!r} is not a number from 1 to 65535")
     return host, int(port_text)
-
-
-def check_address(value: str) -> str:
-    """Callback of an address option: it must parse as ``parse_address`` reads it."""
-    parse_address(value)
-    return value
 
 
 def address_note(text: str) -> str | None:

@@ -46,7 +46,7 @@ from .page_options import (
     seed_of,
     seeded,
 )
-from .parsing import check_psks, parse_kex_list, parse_listen_host, psk_notes
+from .parsing import check_psks, checks, parse_kex_list, parse_listen_host, psk_notes
 from .psk_options import PskFileOption, env_psks, given_psks, warn_about
 from .server_limits import (
     DEFAULTS,
@@ -74,11 +74,6 @@ def _check_log_format(value: str) -> str:
     return value
 
 
-def _check_kex(value: str) -> str:
-    parse_kex_list(value)
-    return value
-
-
 def server(
     host: Annotated[
         str,
@@ -99,7 +94,7 @@ def server(
         str,
         typer.Option(
             metavar="LIST",
-            callback=_check_kex,
+            callback=checks(parse_kex_list),
             help="Key exchange methods to enable, comma-separated: rsa, dhe, psk.",
         ),
     ] = "rsa,dhe,psk",
@@ -295,13 +290,9 @@ def _mqtt(
         ca_file=ca_file,
         server_id=server_id,
         verify_sas=verify_sas,
+        psk_wait=psk_wait,
     )
     if oob is None:
-        if psk_wait is not None:
-            raise typer.BadParameter(
-                "needs the MQTT out-of-band channel: add --oob mqtt://HOST:PORT",
-                param_hint="'--psk-wait'",
-            )
         return None
     wait = DEFAULT_PSK_WAIT if psk_wait is None else psk_wait
     if wait >= handshake_timeout:

@@ -19,17 +19,7 @@ from external_tools import require_tool
 from oob_brokers import free_port
 from support_net import KEXLAB
 
-from cli.local_lab import Lab, tmux_panes
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from cli.local_lab import Lab, port_free, tmux_panes
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +77,7 @@ def test_the_script_shows_the_key_go_by_and_be_used(run) -> None:  # type: ignor
 
 def test_nothing_outlives_the_lab(run) -> None:  # type: ignore[no-untyped-def]
     _result, port, broker_port = run
-    assert _port_free(port) and _port_free(broker_port)
+    assert port_free(port) and port_free(broker_port)
 
 
 def test_a_port_in_use_is_one_line() -> None:
@@ -145,13 +135,13 @@ def test_tmux_for_real(tmp_path: Path) -> None:
         ).stdout.split()  # fmt: skip
         assert len(panes) == 4
         deadline = time.monotonic() + 15
-        while _port_free(port) and time.monotonic() < deadline:  # the server pane serves
+        while port_free(port) and time.monotonic() < deadline:  # the server pane serves
             time.sleep(0.1)
-        assert not _port_free(port) and not _port_free(broker_port)
+        assert not port_free(port) and not port_free(broker_port)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     # Closing the session stops everything in it: Mosquitto too, which reloads on SIGHUP.
     deadline = time.monotonic() + 10
-    while not (_port_free(port) and _port_free(broker_port)) and time.monotonic() < deadline:
+    while not (port_free(port) and port_free(broker_port)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _port_free(port) and _port_free(broker_port)
+    assert port_free(port) and port_free(broker_port)

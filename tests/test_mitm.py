@@ -468,6 +468,9 @@ def test_mitm_usage_mistakes_exit_2() -> None:
         (["--relay", "--rewrite", "a=b"], "--relay holds no keys"),
         (["--downgrade", "group", "--relay"], "unknown downgrade"),
         (["--rewrite", "=x"], "is not OLD=NEW"),
+        (["--upstream", "127.0.0.1:0"], "port '0' is not a number from 1 to 65535"),
+        (["--forge-sas"], "'--forge-sas': needs the MQTT out-of-band channel"),
+        (["--oob", "mqtt://127.0.0.1:1", "--forge-sas", "--relay"], "knows no SAS to forge"),
     ]:
         done = subprocess.run([KEXLAB, "mitm", *args], capture_output=True, text=True, timeout=30)
         assert done.returncode == 2, (args, done.stderr)
