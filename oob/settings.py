@@ -10,6 +10,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -241,6 +242,26 @@ async def connect(
             await client.__aexit__(None, None, None)
     finally:
         settle_disconnect(client)
+
+
+CANCEL_AGAIN = 0.1
+"""Seconds a cancelled task gets to end before it is cancelled once more."""
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again while it goes on.
+
+    aiomqtt awaits every acknowledgement (CONNACK, SUBACK, PUBACK) through
+    ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that arrives in the
+    same loop step as the result (CPython gh-86296, fixed in 3.12): one ``cancel()`` can
+    be lost and a ``while True`` of publishes go on for ever. Raises what the task raised,
+    other than its cancellation.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN)
+    if not task.cancelled():
+        task.result()
 
 
 def message_bytes(message: aiomqtt.Message) -> bytes:

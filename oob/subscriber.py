@@ -9,7 +9,6 @@ touches a KXP connection: a broker outage only means unknown identities stay unk
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -31,7 +30,14 @@ from .payloads import (
     psk_filter,
 )
 from .psk_table import Admission, PskTable
-from .settings import CONNECT_TIMEOUT, MqttSettings, OobError, connect, message_bytes
+from .settings import (
+    CONNECT_TIMEOUT,
+    MqttSettings,
+    OobError,
+    cancel_and_wait,
+    connect,
+    message_bytes,
+)
 
 log = logging.getLogger("kexlab.oob")
 
@@ -114,9 +120,7 @@ class ServerChannel:
             self._flush_timer.cancel()
             self._flush_timer = None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._ready.clear()
 
     @property

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from oob import MqttSettings
-from oob.settings import connect
+from oob.settings import cancel_and_wait, connect
 from protocol import (
     CipherSuite,
     ClientConfig,
@@ -355,9 +355,9 @@ async def sas_forger(
         try:
             yield published
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for task in tasks:  # they publish: one cancel() can be lost (cancel_and_wait)
+                with contextlib.suppress(Exception):
+                    await cancel_and_wait(task)
 
 
 # --------------------------------------------------------------------------- measuring

@@ -8,6 +8,7 @@ import base64
 import gc
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ from oob.payloads import (
     psk_filter,
 )
 from oob.psk_table import Admission
-from oob.settings import connect
+from oob.settings import cancel_and_wait, connect
 
 NOW = 1_900_000_000.0
 
@@ -385,3 +386,47 @@ def test_only_oob_speaks_mqtt() -> None:
                 names = [node.module]
             offenders += [f"{path}: {n}" for n in names if n.split(".")[0] in mqtt_libraries]
     assert offenders == []
+
+
+# --------------------------------------------------------------------------- stopping a task
+
+
+def _publisher(acks: list[asyncio.Future[None]]) -> asyncio.Task[None]:
+    """A task that publishes for ever, awaiting each PUBACK through wait_for as aiomqtt does."""
+
+    async def publish_forever() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            acks.append(loop.create_future())
+            await asyncio.wait_for(acks[-1], timeout=5)
+
+    return asyncio.create_task(publish_forever())
+
+
+async def test_cancel_and_wait_ends_a_task_that_lost_its_cancellation() -> None:
+    """The CI hang: a PUBACK and the cancel in one loop step; one cancel() was lost."""
+    acks: list[asyncio.Future[None]] = []
+    task = _publisher(acks)
+    await asyncio.sleep(0)
+    acks[-1].set_result(None)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    if sys.version_info < (3, 12):  # gh-86296: 3.11's wait_for returns the result instead
+        assert not task.done() and len(acks) == 2
+    acks[-1].set_result(None)  # the next PUBACK, again with the cancel
+    async with asyncio.timeout(2):
+        await cancel_and_wait(task)
+    assert task.cancelled()
+
+
+async def test_cancel_and_wait_raises_what_the_task_raised() -> None:
+    async def fails_on_cancel() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ValueError("cleanup failed") from None
+
+    task = asyncio.create_task(fails_on_cancel())
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="cleanup failed"):
+        await cancel_and_wait(task)
