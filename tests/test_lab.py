@@ -38,7 +38,7 @@ from lab_compose import (
     unavailable,
 )
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 KEY = "/var/lib/kexlab/home/server-rsa.pem"
 SENT = {"rsa": "my card is 4111 1111 1111 1111", "dhe": "meet me at nine", "psk": "vault 0451"}
